@@ -1,0 +1,55 @@
+# The front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+TRAIN_PY := $(VENV)/train/bin/python
+SERVE_PY := $(VENV)/serve/bin/python
+DEV_PY := $(VENV)/dev/bin/python
+# The serving image's CPU-only torch: from PyTorch's CPU index, or a local wheelhouse (TORCH_FIND_LINKS).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_FIND_LINKS ?=
+export PYTHONPATH := $(CURDIR)/code:$(CURDIR)
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------- environments
+# Each environment is built from a hash-locked requirements file and rebuilt when it changes.
+# train: the training image's Python; serve: the serving image's; dev: tests, launchers, report.
+define make_venv
+	rm -rf $(VENV)/$(1)
+	$(PYTHON) -m venv $(VENV)/$(1)
+	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) -r $(2)
+	touch $$@
+endef
+
+$(VENV)/train/.installed: docker/train/requirements.txt
+	$(call make_venv,train,$<,)
+
+$(VENV)/serve/.installed: docker/serve/requirements.txt
+	$(call make_venv,serve,$<,--extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
+
+$(VENV)/dev/.installed: tests/requirements.txt
+	$(call make_venv,dev,$<,)
+
+.PHONY: setup
+setup: $(VENV)/train/.installed $(VENV)/serve/.installed $(VENV)/dev/.installed ## create the train, serve and dev environments (idempotent)
+
+LOCK := uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple
+.PHONY: lock
+lock: ## re-resolve the pinned requirements files from their .in files (needs uv)
+	$(LOCK) docker/train/requirements.in -o docker/train/requirements.txt
+	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) docker/serve/requirements.in -o docker/serve/requirements.txt
+	cd tests && $(LOCK) requirements.in -o requirements.txt
+
+# ---------------------------------------------------------------- checks
+.PHONY: test
+test: setup ## run the whole test suite (Docker tests included)
+	$(DEV_PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(VENV)/dev/.installed ## ruff
+	$(VENV)/dev/bin/ruff check code scripts tests

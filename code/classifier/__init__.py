@@ -1,0 +1,1 @@
+"""Transfer-learning image classifier for SageMaker: training, serving and the facts they share."""

@@ -1,0 +1,135 @@
+"""The trainer's hyperparameters: their fixed names, defaults, parser and tuning search space.
+
+The names are a contract: SageMaker passes hyperparameters to the training entry as
+``--name value`` arguments, the tuner sets ``learning-rate``, ``batch-size`` and ``epochs``,
+and the docs and tests use the same spellings. Defaults are a ResNet50 transfer-learning
+recipe for dogImages on one GPU. Standard library only: the launchers import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+MODEL_NAMES = ("resnet18", "resnet34", "resnet50")
+FINE_TUNE_POLICIES = ("head", "last-block", "all")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("cosine", "step", "constant")
+
+
+def str_to_bool(value: str | bool) -> bool:
+    """Reads a boolean hyperparameter: SageMaker passes them as strings such as ``True``/``false``."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "y", "on"):
+        return True
+    if lowered in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
+    return number
+
+
+def _optional_seed(value: str) -> int | None:
+    return None if value.strip().lower() in ("", "none", "null") else int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the training entry; every option is a hyperparameter name."""
+    parser = argparse.ArgumentParser(
+        description="Transfer-learning image classifier (ImageFolder train/valid/test) for SageMaker.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model-name", choices=MODEL_NAMES, default="resnet50")
+    model.add_argument("--pretrained", type=str_to_bool, default=True,
+                       help="start from ImageNet weights (downloaded, or baked into the image)")
+    model.add_argument("--weights-path", default=None,
+                       help="a local ImageNet state_dict to use instead of downloading one")
+    model.add_argument("--fine-tune", choices=FINE_TUNE_POLICIES, default="last-block",
+                       help="which layers train: the new head only, the last residual block too, or all")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--image-size", type=_positive_int, default=224, help="side of the square crop")
+    data.add_argument("--batch-size", type=_positive_int, default=64)
+    data.add_argument("--workers", type=_non_negative_int, default=None,
+                      help="data-loader workers (default: from SM_NUM_CPUS)")
+    data.add_argument("--max-bad-image-fraction", type=_fraction, default=0.01,
+                      help="fail when more than this fraction of a split's images cannot be read")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=_positive_int, default=10)
+    optim.add_argument("--learning-rate", type=_positive_float, default=0.01)
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    optim.add_argument("--label-smoothing", type=_fraction, default=0.1)
+    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
+    optim.add_argument("--warmup-epochs", type=_non_negative_int, default=1)
+    optim.add_argument("--early-stopping-patience", type=_non_negative_int, default=3,
+                       help="stop after this many epochs without a better validation loss (0: never)")
+    optim.add_argument("--seed", type=_optional_seed, default=None,
+                       help="make the run deterministic with this seed")
+
+    debug = parser.add_argument_group("debugging")
+    debug.add_argument("--debugger-save-interval", type=_positive_int, default=100,
+                       help="steps between saved tensors when no SageMaker Debugger config is given")
+    debug.add_argument("--debugger-out-dir", default=None,
+                       help="where the local smdebug hook writes (default: <base dir>/output/tensors)")
+    debug.add_argument("--resource-sample-seconds", type=_positive_float, default=5.0,
+                       help="seconds between CPU/GPU/memory samples")
+    return parser
+
+
+@dataclass(frozen=True)
+class ContinuousRange:
+    min_value: float
+    max_value: float
+    scaling: str = "Auto"  # SageMaker's ScalingType: Auto, Linear, Logarithmic, ReverseLogarithmic
+
+
+@dataclass(frozen=True)
+class IntegerRange:
+    min_value: int
+    max_value: int
+    scaling: str = "Auto"
+
+
+@dataclass(frozen=True)
+class CategoricalValues:
+    values: tuple[str, ...]
+
+
+# The tuning search space, defined once: the tuner turns it into SageMaker parameter ranges.
+SEARCH_SPACE: dict[str, ContinuousRange | IntegerRange | CategoricalValues] = {
+    "learning-rate": ContinuousRange(0.001, 0.1, "Logarithmic"),
+    "batch-size": CategoricalValues(("32", "64", "128", "256", "512")),
+    "epochs": IntegerRange(2, 10),
+}

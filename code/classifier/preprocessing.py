@@ -1,0 +1,133 @@
+"""Image decoding and the evaluation transform, shared by training and serving.
+
+The serving image has torch and Pillow but no torchvision, so the evaluation transform is
+written here with Pillow and torch alone; the trainer evaluates through the very same
+functions, which makes served predictions identical to the trainer's evaluation.
+The configuration travels inside the model artifact as ``preprocess.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The evaluation resize keeps ImageNet's crop ratio: 224 / 256.
+CROP_RATIO = 0.875
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything the evaluation transform needs; saved with the model."""
+
+    image_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    channels: str = field(default="RGB")
+
+    @classmethod
+    def for_image_size(cls, image_size: int) -> "PreprocessConfig":
+        """The config for a crop of ``image_size``, resized first as ImageNet models expect."""
+        return cls(image_size=image_size, resize_size=int(round(image_size / CROP_RATIO)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "PreprocessConfig":
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown preprocessing keys {sorted(unknown)}")
+        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        return cls(**data)
+
+
+_INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Decodes any Pillow image to 8-bit RGB: EXIF orientation applied, first frame only.
+
+    Transparent images are laid on white (as browsers show them); 16-bit and float
+    grayscale are scaled to 8 bits rather than clipped; CMYK and palette images convert.
+    """
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Opens an image file and decodes it fully to RGB (errors surface here, not later)."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def resize_shorter_side(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """Resizes so the shorter side is ``size``, keeping the aspect ratio (as torchvision's Resize)."""
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = size, int(size * height / width)
+    else:
+        new_width, new_height = int(size * width / height), size
+    if (new_width, new_height) == (width, height):
+        return image
+    return image.resize((new_width, new_height), _INTERPOLATIONS[interpolation])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Crops the central ``size`` x ``size`` square, padding with black if the image is smaller."""
+    width, height = image.size
+    if width < size or height < size:
+        padded = Image.new(image.mode, (max(width, size), max(height, size)))
+        padded.paste(image, ((padded.width - width) // 2, (padded.height - height) // 2))
+        image, (width, height) = padded, padded.size
+    left = int(round((width - size) / 2.0))
+    top = int(round((height - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def normalize(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """An RGB image as a normalised CHW float tensor."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    mean_tensor = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_tensor = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (tensor - mean_tensor) / std_tensor
+
+
+def eval_transform(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
+    """The evaluation transform: RGB, resize, centre crop, normalise -> CHW float tensor."""
+    image = resize_shorter_side(to_rgb(image), config.resize_size, config.interpolation)
+    return normalize(center_crop(image, config.image_size), config.mean, config.std)
+
+
+class EvalTransform:
+    """``eval_transform`` bound to a config, usable as a dataset transform (picklable)."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return eval_transform(image, self.config)

@@ -1,0 +1,80 @@
+"""The SageMaker training-container contract: where things are, read from the environment.
+
+SageMaker lays out ``/opt/ml`` and the training toolkit exports ``SM_*`` variables; outside
+SageMaker the toolkit honours ``SAGEMAKER_BASE_DIR`` instead of ``/opt/ml``, and so do we.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULT_BASE_DIR = "/opt/ml"
+DEBUGGER_CONFIG_FILE = "input/config/debughookconfig.json"
+# SageMaker's failure reason shows the first 1024 characters of output/failure.
+FAILURE_REASON_LIMIT = 1024
+
+
+def base_dir() -> Path:
+    return Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR))
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("SM_MODEL_DIR", base_dir() / "model"))
+
+
+def output_dir() -> Path:
+    return Path(os.environ.get("SM_OUTPUT_DIR", base_dir() / "output"))
+
+
+def output_data_dir() -> Path:
+    return Path(os.environ.get("SM_OUTPUT_DATA_DIR", output_dir() / "data"))
+
+
+def checkpoint_dir() -> Path:
+    """Synced to S3 by SageMaker when the job sets CheckpointConfig (spot training)."""
+    return Path(os.environ.get("SM_CHECKPOINT_DIR", base_dir() / "checkpoints"))
+
+
+def debugger_out_dir() -> Path:
+    """Where the local smdebug hook writes when SageMaker gave no Debugger configuration."""
+    return output_dir() / "tensors"
+
+
+def debugger_config_file() -> Path:
+    return base_dir() / DEBUGGER_CONFIG_FILE
+
+
+def channels() -> dict[str, Path]:
+    """The input channels, by name: ``SM_CHANNEL_TRAINING`` -> ``{"training": Path(...)}``."""
+    prefix = "SM_CHANNEL_"
+    return {
+        key[len(prefix):].lower(): Path(value)
+        for key, value in os.environ.items()
+        if key.startswith(prefix)
+    }
+
+
+def num_gpus() -> int:
+    return int(os.environ.get("SM_NUM_GPUS", "0"))
+
+
+def num_cpus() -> int:
+    return int(os.environ.get("SM_NUM_CPUS", str(os.cpu_count() or 1)))
+
+
+def hyperparameters() -> dict:
+    """``SM_HPS``: the job's hyperparameters as JSON (the same values the CLI arguments carry)."""
+    return json.loads(os.environ.get("SM_HPS", "{}"))
+
+
+def write_failure(reason: str) -> Path:
+    """Writes ``output/failure``; SageMaker reports its start as the job's FailureReason.
+
+    The toolkit writes this file only when it is absent, so ours, written first, is kept.
+    """
+    path = output_dir() / "failure"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reason.strip() + "\n")
+    return path
