@@ -17,26 +17,32 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- environments
-# Each environment is built from a hash-locked requirements file and rebuilt when it changes.
+# Each environment is built from a hash-locked requirements file and rebuilt when that file's
+# content changes (the stamp's name carries its hash; mtimes from git checkouts mean nothing).
 # train: the training image's Python; serve: the serving image's; dev: tests, launchers, report.
+stamp = $(VENV)/$(1)/.installed-$(shell sha256sum $(2) | cut -c1-16)
+TRAIN_ENV := $(call stamp,train,docker/train/requirements.txt)
+SERVE_ENV := $(call stamp,serve,docker/serve/requirements.txt)
+DEV_ENV := $(call stamp,dev,tests/requirements.txt)
+
 define make_venv
 	rm -rf $(VENV)/$(1)
 	$(PYTHON) -m venv $(VENV)/$(1)
 	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) -r $(2)
-	touch $$@
+	touch $@
 endef
 
-$(VENV)/train/.installed: docker/train/requirements.txt
-	$(call make_venv,train,$<,)
+$(TRAIN_ENV):
+	$(call make_venv,train,docker/train/requirements.txt,)
 
-$(VENV)/serve/.installed: docker/serve/requirements.txt
-	$(call make_venv,serve,$<,--extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
+$(SERVE_ENV):
+	$(call make_venv,serve,docker/serve/requirements.txt,--extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
-$(VENV)/dev/.installed: tests/requirements.txt
-	$(call make_venv,dev,$<,)
+$(DEV_ENV):
+	$(call make_venv,dev,tests/requirements.txt,)
 
 .PHONY: setup
-setup: $(VENV)/train/.installed $(VENV)/serve/.installed $(VENV)/dev/.installed ## create the train, serve and dev environments (idempotent)
+setup: $(TRAIN_ENV) $(SERVE_ENV) $(DEV_ENV) ## create the train, serve and dev environments (idempotent)
 
 LOCK := uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple
 .PHONY: lock
@@ -51,5 +57,5 @@ test: setup ## run the whole test suite (Docker tests included)
 	$(DEV_PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(VENV)/dev/.installed ## ruff
+lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests

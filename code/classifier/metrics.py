@@ -56,7 +56,7 @@ def format_epoch_line(
     epoch: int, train_loss: float, train_accuracy: float, valid_loss: float, valid_accuracy: float
 ) -> str:
     """The metric line printed after each epoch (epochs count from 1)."""
-    values = dict(zip(EPOCH_FIELDS, (train_loss, train_accuracy, valid_loss, valid_accuracy)))
+    values = dict(zip(EPOCH_FIELDS, (train_loss, train_accuracy, valid_loss, valid_accuracy), strict=True))
     fields = " ".join(f"{name}={_format_value(value)}" for name, value in values.items())
     return f"{LINE_PREFIX} epoch={epoch} {fields}"
 

@@ -34,9 +34,9 @@ class PreprocessConfig:
     channels: str = field(default="RGB")
 
     @classmethod
-    def for_image_size(cls, image_size: int) -> "PreprocessConfig":
+    def for_image_size(cls, image_size: int) -> PreprocessConfig:
         """The config for a crop of ``image_size``, resized first as ImageNet models expect."""
-        return cls(image_size=image_size, resize_size=int(round(image_size / CROP_RATIO)))
+        return cls(image_size=image_size, resize_size=round(image_size / CROP_RATIO))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -45,7 +45,7 @@ class PreprocessConfig:
         Path(path).write_text(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "PreprocessConfig":
+    def load(cls, path: Path) -> PreprocessConfig:
         data = json.loads(Path(path).read_text())
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
@@ -103,8 +103,8 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
         padded = Image.new(image.mode, (max(width, size), max(height, size)))
         padded.paste(image, ((padded.width - width) // 2, (padded.height - height) // 2))
         image, (width, height) = padded, padded.size
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+    left = round((width - size) / 2.0)
+    top = round((height - size) / 2.0)
     return image.crop((left, top, left + size, top + size))
 
 
