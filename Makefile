@@ -59,3 +59,10 @@ test: setup ## run the whole test suite (Docker tests included)
 .PHONY: lint
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
+
+# ---------------------------------------------------------------- serving
+.PHONY: serve-local
+serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model server: MODEL=<folder> [PORT=8080]
+	@test -d "$(MODEL)" || { echo "usage: make serve-local MODEL=<artifact folder (model.pt2, classes.json, ...)> [PORT=8080]" >&2; exit 2; }
+	SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} \
+		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"

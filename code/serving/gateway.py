@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from serving import worker_state
-from serving.handler_service import error_body
+from serving.errors import error_body
 
 logger = logging.getLogger(__name__)
 

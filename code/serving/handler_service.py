@@ -1,10 +1,11 @@
 """What each model-server worker runs: sagemaker-inference's Transformer around ``inference.py``.
 
-MMS loads ``serving.handler_service:handle`` (``HANDLER``), calls ``handle(None, context)`` once to
-load the model, then ``handle(requests, context)`` for every request. A function entry point, not a
-handler class, because MMS logs and swallows a handler class's ``initialize`` errors and then
-reports the worker ready without a model; an error raised here fails the worker's load instead,
-and the worker tells the gateway (``serving.worker_state``) whether it is ready or why not.
+MMS loads ``serving.handler_service:handle`` (``model_server.HANDLER``), calls
+``handle(None, context)`` once to load the model, then ``handle(requests, context)`` for every
+request. A function entry point, not a handler class, because MMS logs and swallows a handler
+class's ``initialize`` errors and then reports the worker ready without a model; an error raised
+here fails the worker's load instead, and the worker tells the gateway (``serving.worker_state``)
+whether it is ready or why not.
 
 Errors go back as JSON ``{"code", "type", "message"}`` with their status (4xx for a bad request,
 from ``inference.RequestError``), without the stack trace the Transformer would put in the body.
@@ -12,7 +13,6 @@ from ``inference.RequestError``), without the stack trace the Transformer would 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from http import HTTPStatus
@@ -23,19 +23,9 @@ from sagemaker_inference.errors import GenericInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
 
 from serving import worker_state
-
-HANDLER = f"{__name__}:handle"
+from serving.errors import error_body
 
 logger = logging.getLogger(__name__)
-
-
-def error_body(status: int, message: str) -> str:
-    """The JSON error document (MMS's own errors have the same shape)."""
-    try:
-        kind = HTTPStatus(status).phrase.replace(" ", "")
-    except ValueError:
-        kind = "Error"
-    return json.dumps({"code": status, "type": kind, "message": message})
 
 
 class JsonErrorTransformer(Transformer):

@@ -16,10 +16,10 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from serving.handler_service import HANDLER
 from serving.settings import ServeSettings
 from serving.worker_state import STATE_DIR_ENV
 
+HANDLER = "serving.handler_service:handle"  # a function entry point: see serving.handler_service
 CONFIG_FILE_ENV = "SERVE_MMS_CONFIG_FILE"
 # MMS answers a request body up to its own limit; the gateway enforces the real one with a JSON 413.
 REQUEST_SIZE_SLACK = 64 * 1024
