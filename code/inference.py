@@ -112,7 +112,7 @@ Image.MAX_IMAGE_PIXELS = None
 def model_fn(model_dir: str) -> ServedModel:
     """Loads the exported model, its class names and preprocessing, and checks they agree."""
     started = time.perf_counter()
-    root = Path(model_dir)
+    root = Path(model_dir).resolve()  # the real folder in messages, not a link to it
     missing = artifact.missing_files(root)
     if missing:
         raise FileNotFoundError(f"model artifact in {root} is incomplete: missing {', '.join(missing)}")

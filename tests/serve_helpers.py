@@ -11,6 +11,7 @@ shared decoder and evaluation transform, then the exported model, in this (dev) 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,12 +24,15 @@ from pathlib import Path
 import psutil
 import requests
 import torch
+import torchvision
 from PIL import Image
 
 from classifier import artifact, protocol
 from classifier.preprocessing import EvalTransform, PreprocessConfig, load_image
+from scripts.sample_data import class_folder_names
 
 REPO = Path(__file__).resolve().parent.parent
+CODE_DIR = REPO / "code"
 SERVE_PYTHON = REPO / ".venv" / "serve" / "bin" / "python"
 HEALTHY_TIMEOUT_S = 300  # two workers importing torch on a busy 2-core machine
 
@@ -52,7 +56,7 @@ class ServerProcess:
             command = ["make", "-s", "serve-local", f"MODEL={model_dir}", f"PORT={self.port}"]
         else:
             environ["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
-            command = [str(SERVE_PYTHON), "code/serve.py", "serve", "--model-dir", str(model_dir)]
+            command = [str(SERVE_PYTHON), str(CODE_DIR / "serve.py"), "serve", "--model-dir", str(model_dir)]
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             command, cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -91,41 +95,51 @@ class ServerProcess:
             sent["Accept"] = accept
         return self.session.post(f"{self.url}/invocations", data=body, headers=sent, timeout=120)
 
-    def model_server_processes(self) -> set[int]:
-        """The pids of the model-server workers (Python processes under MMS)."""
-        pids = set()
-        for process in psutil.Process(self.process.pid).children(recursive=True):
-            try:
-                if any("model_service_worker" in part for part in process.cmdline()):
-                    pids.add(process.pid)
-            except psutil.Error:
-                continue
-        return pids
-
     def all_processes(self) -> list[psutil.Process]:
+        """Every process of the server: its own, and those of the sessions they lead.
+
+        The model server is not a descendant: ``multi-model-server --start`` starts java and
+        exits, but java stays in the session of the process that launched it.
+        """
         try:
             root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
+            tree = [root, *root.children(recursive=True)]
         except psutil.Error:
             return []
+        sessions = {process.pid for process in tree}
+        members = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(OSError, psutil.Error):
+                if os.getsid(process.pid) in sessions:
+                    members.append(process)
+        return members
+
+    def model_server_processes(self) -> set[int]:
+        """The pids of the model-server workers (the Python processes under MMS)."""
+        pids = set()
+        for process in self.all_processes():
+            with contextlib.suppress(psutil.Error):
+                if any("model_service_worker" in part for part in process.cmdline()):
+                    pids.add(process.pid)
+        return pids
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM to the server's session (as ``docker stop`` / Ctrl-C would), then its exit status."""
-        leftovers = self.all_processes()
+        """SIGTERM to the server's session (as ``docker stop`` or Ctrl-C would); its exit status.
+
+        Waits for every process of the server (the model server too) to end; whatever is still
+        alive after ``timeout`` is killed, so no test leaves a model server behind.
+        """
+        processes = self.all_processes()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout=timeout)
-        finally:
-            for process in leftovers:  # never leave a model server behind, whatever happened
-                try:
-                    if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                        process.kill()
-                except psutil.Error:
-                    pass
-            self._log.close()
-            self.session.close()
-        return code
+        _, alive = psutil.wait_procs(processes, timeout=timeout)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        self.leftovers = alive
+        self._log.close()
+        self.session.close()
+        return self.process.wait()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -134,7 +148,26 @@ class ServerProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
-# ---------------------------------------------------------------- expected predictions
+# ---------------------------------------------------------------- artifacts and expected predictions
+
+
+def build_artifact(model_dir: Path, num_classes: int, image_size: int = 48) -> Path:
+    """An artifact laid out as the trainer lays it out: a random resnet18, exported, and the rest."""
+    model = torchvision.models.resnet18(num_classes=num_classes).eval()
+    example = torch.randn(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1)
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)),
+                      model_dir / artifact.MODEL_FILE)
+    names = [folder.split(".", 1)[1] for folder in class_folder_names(num_classes)]
+    (model_dir / artifact.CLASSES_FILE).write_text(json.dumps(names))
+    PreprocessConfig.for_image_size(image_size).save(model_dir / artifact.PREPROCESS_FILE)
+    (model_dir / artifact.METRICS_FILE).write_text("{}")
+    for name in artifact.SERVING_CODE_FILES:
+        target = model_dir / artifact.CODE_DIR / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((CODE_DIR / name).read_bytes())
+    assert artifact.missing_files(model_dir) == []
+    return model_dir
 
 
 class ReferenceModel:

@@ -8,18 +8,15 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
-from serve_helpers import ReferenceModel, ServerProcess, assert_same_top_k, encode
+from serve_helpers import ReferenceModel, ServerProcess, assert_same_top_k, build_artifact, encode
 
-from classifier import artifact, protocol
-from classifier.preprocessing import PreprocessConfig
-from scripts.sample_data import class_folder_names, make_dataset, make_image
+from classifier import protocol
+from scripts.sample_data import make_dataset, make_image
 
 NUM_CLASSES = 3
 MAX_IMAGE_PIXELS = 1_000_000  # small limits make the bombs cheap to build
@@ -29,26 +26,9 @@ MAX_BATCH_IMAGES = 8
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serving_artifact(tmp_path_factory):
-    """A model artifact laid out as the trainer lays it out (a random resnet18, exported)."""
-    model_dir = tmp_path_factory.mktemp("artifact")
-    image_size = 48
-    model = torchvision.models.resnet18(num_classes=NUM_CLASSES).eval()
-    example = torch.randn(2, 3, image_size, image_size)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    torch.export.save(program, model_dir / artifact.MODEL_FILE)
-    names = [folder.split(".", 1)[1] for folder in class_folder_names(NUM_CLASSES)]
-    (model_dir / artifact.CLASSES_FILE).write_text(json.dumps(names))
-    PreprocessConfig.for_image_size(image_size).save(model_dir / artifact.PREPROCESS_FILE)
-    (model_dir / artifact.METRICS_FILE).write_text("{}")
-    code = artifact.__file__.rsplit("/classifier/", 1)[0]
-    for name in artifact.SERVING_CODE_FILES:
-        target = model_dir / artifact.CODE_DIR / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(Path(code, name).read_bytes())
-    assert artifact.missing_files(model_dir) == []
-    return model_dir
+    return build_artifact(tmp_path_factory.mktemp("artifact"), NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +293,7 @@ def test_bad_request_gets_its_4xx_as_json_and_the_next_request_is_served(server,
     bad = BAD_REQUESTS[name]
     body = bad.body() if callable(bad.body) else bad.body
     workers = server.model_server_processes()
+    assert workers
 
     response = server.invoke(body, bad.content_type, accept=bad.accept, headers=bad.headers)
     assert response.status_code == bad.status, response.text
@@ -326,6 +307,7 @@ def test_bad_request_gets_its_4xx_as_json_and_the_next_request_is_served(server,
 
 
 def test_no_worker_restarted_since_start_and_still_healthy(server):
+    assert server.workers_at_start
     assert server.model_server_processes() == server.workers_at_start
     assert "Backend worker process died" not in server.log_text()
     assert server.ping()[0] == 200

@@ -1,0 +1,94 @@
+"""``/ping`` tells the truth: 200 only with a warmed-up model, 503 with the reason when the artifact
+is broken (never 200 while the workers die), and the server stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import psutil
+import pytest
+from serve_helpers import ServerProcess, build_artifact
+
+from classifier import artifact
+
+NUM_CLASSES = 2
+NEVER_HEALTHY_WINDOW_S = 10  # after the failure shows, /ping is watched this long more
+
+
+@pytest.fixture(scope="module")
+def good_artifact(tmp_path_factory):
+    return build_artifact(tmp_path_factory.mktemp("artifact"), NUM_CLASSES)
+
+
+def broken_copy(good_artifact, tmp_path, breakage: str):
+    model_dir = tmp_path / "broken"
+    shutil.copytree(good_artifact, model_dir)
+    if breakage == "corrupt":
+        (model_dir / artifact.MODEL_FILE).write_bytes(b"not a torch.export archive")
+    else:
+        (model_dir / artifact.MODEL_FILE).unlink()
+    return model_dir
+
+
+def is_unhealthy(status: int, body: dict) -> bool:
+    return body["status"] == "Unhealthy"
+
+
+@pytest.mark.parametrize("breakage, words", [
+    ("corrupt", f"cannot load {{model_dir}}/{artifact.MODEL_FILE}"),
+    ("missing", f"missing {artifact.MODEL_FILE}"),
+])
+def test_broken_artifact_is_reported_unhealthy_with_its_reason_and_never_healthy(
+    good_artifact, tmp_path, breakage, words
+):
+    model_dir = broken_copy(good_artifact, tmp_path, breakage)
+    words = words.format(model_dir=model_dir.resolve())
+    server = ServerProcess(model_dir, tmp_path / "server.log")
+    try:
+        seen = server.watch_ping(is_unhealthy)
+        assert all(status == 503 for status, _ in seen)
+        assert words in seen[-1][1]["reason"], seen[-1]
+
+        deadline = time.monotonic() + NEVER_HEALTHY_WINDOW_S
+        while time.monotonic() < deadline:  # MMS restarts the workers; each dies again
+            status, body = server.ping()
+            assert status == 503 and body["status"] == "Unhealthy", body
+            time.sleep(0.5)
+
+        response = server.invoke(b"\xff\xd8\xff", "image/jpeg")
+        assert response.status_code == 503 and words in response.json()["message"]
+        assert f"model failed to load from {model_dir.resolve()}: " in server.log_text()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log_tail()
+
+
+def test_model_server_dying_stops_the_server_with_status_1(good_artifact, tmp_path):
+    server = ServerProcess(broken_copy(good_artifact, tmp_path, "missing"), tmp_path / "server.log")
+    try:
+        server.watch_ping(is_unhealthy)
+        java = [p for p in server.all_processes() if p.name() == "java"]
+        assert len(java) == 1
+        java[0].kill()
+        server.process.wait(timeout=60)
+    finally:
+        code = server.stop()
+    assert code == 1
+    assert "the model server exited on its own" in server.log_text()
+
+
+def test_sigterm_stops_a_healthy_server_and_its_model_server(good_artifact, tmp_path):
+    server = ServerProcess(good_artifact, tmp_path / "server.log", {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+    try:
+        server.watch_ping(lambda status, body: status == 200)
+        processes = server.all_processes()
+        assert any(p.name() == "java" for p in processes) and server.model_server_processes()
+    finally:
+        started = time.monotonic()
+        code = server.stop()
+    assert code == 0, server.log_tail()
+    assert server.leftovers == []
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+    assert time.monotonic() - started < 30
+    assert "SIGTERM received: stopping" in server.log_text()
