@@ -66,3 +66,7 @@ serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model s
 	@test -d "$(MODEL)" || { echo "usage: make serve-local MODEL=<artifact folder (model.pt2, classes.json, ...)> [PORT=8080]" >&2; exit 2; }
 	SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} \
 		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"
+
+.PHONY: bench-serve
+bench-serve: $(DEV_ENV) $(SERVE_ENV) ## serving latency vs bare forward, throughput per workers, startup: benchmarks/serve.md [MODEL=]
+	$(DEV_PY) -m scripts.bench_serve run $(if $(MODEL),--model-dir "$(MODEL)")

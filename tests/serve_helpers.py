@@ -1,11 +1,12 @@
-"""The real serving stack as a subprocess, a client for it, and the predictions it must give.
+"""A client for the real serving stack, and the predictions it must give.
 
-``ServerProcess`` runs ``code/serve.py serve`` (or ``make serve-local``) in ``.venv/serve`` on a
-free loopback port, in its own session, with its output in a log file. MMS refuses a second
-instance per machine only through sagemaker-inference's process scan, and ours keeps its config
-out of /etc, but servers are still started one at a time: module-scoped fixtures, always stopped.
+``ServerProcess`` is ``scripts.local_server.LocalServer`` (``code/serve.py serve`` or
+``make serve-local`` in ``.venv/serve``, on a free loopback port) with a requests session.
+MMS refuses a second instance per machine only through sagemaker-inference's process scan and
+ours keeps its config out of /etc, but servers still run one at a time here: module-scoped
+fixtures, always stopped.
 
-``expected_top_k`` computes what the server must answer the way the trainer evaluates: the
+``ReferenceModel`` computes what the server must answer the way the trainer evaluates: the
 shared decoder and evaluation transform, then the exported model, in this (dev) process.
 """
 
@@ -14,11 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import psutil
@@ -29,62 +25,16 @@ from PIL import Image
 
 from classifier import artifact, protocol
 from classifier.preprocessing import EvalTransform, PreprocessConfig, load_image
+from scripts.local_server import CODE_DIR, LocalServer
 from scripts.sample_data import class_folder_names
 
-REPO = Path(__file__).resolve().parent.parent
-CODE_DIR = REPO / "code"
-SERVE_PYTHON = REPO / ".venv" / "serve" / "bin" / "python"
-HEALTHY_TIMEOUT_S = 300  # two workers importing torch on a busy 2-core machine
 
+class ServerProcess(LocalServer):
+    """A running server and a requests session to it."""
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """One running server; ``stop()`` it (SIGTERM) and read its exit status."""
-
-    def __init__(self, model_dir: Path, log_path: Path, env: dict[str, str] | None = None,
-                 via_make: bool = False):
-        self.port = free_port()
-        self.log_path = log_path
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, "SERVE_BIND_HOST": "127.0.0.1", **(env or {})}
-        if via_make:
-            command = ["make", "-s", "serve-local", f"MODEL={model_dir}", f"PORT={self.port}"]
-        else:
-            environ["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
-            command = [str(SERVE_PYTHON), str(CODE_DIR / "serve.py"), "serve", "--model-dir", str(model_dir)]
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            command, cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.session = requests.Session()
-
-    def ping(self) -> tuple[int, dict] | None:
-        """(status, body) of ``/ping``, or None while nothing listens."""
-        try:
-            response = self.session.get(f"{self.url}/ping", timeout=5)
-        except requests.ConnectionError:
-            return None
-        return response.status_code, response.json()
-
-    def watch_ping(self, until, timeout: float = HEALTHY_TIMEOUT_S) -> list[tuple[int, dict]]:
-        """Polls ``/ping`` until ``until(status, body)``; returns every answer seen, in order."""
-        seen: list[tuple[int, dict]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited ({self.process.returncode}):\n{self.log_tail()}")
-            answer = self.ping()
-            if answer is not None:
-                seen.append(answer)
-                if until(*answer):
-                    return seen
-            time.sleep(0.25)
-        raise AssertionError(f"/ping never satisfied the condition; last {seen[-3:]}\n{self.log_tail()}")
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None = None,
                headers: dict[str, str] | None = None) -> requests.Response:
@@ -94,25 +44,6 @@ class ServerProcess:
         if accept is not None:
             sent["Accept"] = accept
         return self.session.post(f"{self.url}/invocations", data=body, headers=sent, timeout=120)
-
-    def all_processes(self) -> list[psutil.Process]:
-        """Every process of the server: its own, and those of the sessions they lead.
-
-        The model server is not a descendant: ``multi-model-server --start`` starts java and
-        exits, but java stays in the session of the process that launched it.
-        """
-        try:
-            root = psutil.Process(self.process.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-        sessions = {process.pid for process in tree}
-        members = []
-        for process in psutil.process_iter():
-            with contextlib.suppress(OSError, psutil.Error):
-                if os.getsid(process.pid) in sessions:
-                    members.append(process)
-        return members
 
     def model_server_processes(self) -> set[int]:
         """The pids of the model-server workers (the Python processes under MMS)."""
@@ -124,28 +55,8 @@ class ServerProcess:
         return pids
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM to the server's session (as ``docker stop`` or Ctrl-C would); its exit status.
-
-        Waits for every process of the server (the model server too) to end; whatever is still
-        alive after ``timeout`` is killed, so no test leaves a model server behind.
-        """
-        processes = self.all_processes()
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        _, alive = psutil.wait_procs(processes, timeout=timeout)
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
-        self.leftovers = alive
-        self._log.close()
         self.session.close()
-        return self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        return super().stop(timeout)
 
 
 # ---------------------------------------------------------------- artifacts and expected predictions

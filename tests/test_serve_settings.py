@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_helpers import CODE_DIR, SERVE_PYTHON
 
 from classifier import protocol
+from scripts.local_server import CODE_DIR, SERVE_PYTHON
 from serving import model_server, worker_state
 from serving.gateway import Upstream, health
 from serving.settings import MB, ServeSettings
