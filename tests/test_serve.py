@@ -303,7 +303,8 @@ def test_bad_request_gets_its_4xx_as_json_and_the_next_request_is_served(server,
 
     good = encode(sample(1), "JPEG")
     assert_same_top_k(predictions(server.invoke(good, "image/jpeg")), reference.top_k(good))
-    assert server.model_server_processes() == workers  # no worker died or restarted
+    after = server.model_server_processes()
+    assert after == workers, (workers, after, server.log_tail(40))  # no worker died or restarted
 
 
 def test_no_worker_restarted_since_start_and_still_healthy(server):
