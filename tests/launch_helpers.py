@@ -1,0 +1,68 @@
+"""Helpers for the launcher tests: account constants, a request recorder, moto seeding.
+
+Requests are captured as botocore receives them, through the session's event hooks, so a
+test sees the exact API parameters a launcher sent (moto's describe calls do not echo all of them).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import boto3
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/SageMakerExecution"
+BUCKET = "classifier-test-bucket"
+
+
+def seed_endpoint_result(moto_url: str, body: str, content_type: str = "application/json") -> None:
+    """Queues what moto's sagemaker-runtime answers to the next new invoke_endpoint request."""
+    payload = {"account_id": ACCOUNT, "region": REGION, "results": [
+        {"Body": body, "ContentType": content_type, "InvokedProductionVariant": "AllTraffic",
+         "CustomAttributes": ""},
+    ]}
+    request = urllib.request.Request(
+        f"{moto_url}/moto-api/static/sagemaker/endpoint-results", data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    urllib.request.urlopen(request).close()
+
+
+class RecordingSession:
+    """A boto3 session whose clients record every API call: ``calls`` holds (operation, params)."""
+
+    def __init__(self, region: str = REGION):
+        self.session = boto3.Session(region_name=region)
+        self.calls: list[tuple[str, dict]] = []
+        self.session.events.register("provide-client-params", self._record)
+
+    def _record(self, params, model, **_):
+        self.calls.append((model.name, json.loads(json.dumps(params, default=str))))
+
+    def requests(self, operation: str) -> list[dict]:
+        return [params for name, params in self.calls if name == operation]
+
+    def only(self, operation: str) -> dict:
+        found = self.requests(operation)
+        assert len(found) == 1, f"expected one {operation} call, got {len(found)}"
+        return found[0]
+
+
+def put_fake_image(ecr, repository: str, tag: str) -> str:
+    """Registers an image manifest in (moto's) ECR under ``tag``; returns its digest."""
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                   "digest": "sha256:" + "0" * 64},
+        "layers": [],
+    })
+    ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag=tag)
+    found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    return found["imageDetails"][0]["imageDigest"]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
