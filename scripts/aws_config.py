@@ -28,6 +28,7 @@ import boto3
 import botocore.exceptions
 
 DEFAULT_PREFIX = "sagemaker-classifier"
+DEFAULT_DATASET = "dogImages"
 DEFAULT_CONFIG_FILE = "launch.toml"
 CONFIG_FILE_VARIABLE = "LAUNCH_CONFIG"
 
@@ -68,6 +69,22 @@ class LaunchConfig:
             raise ConfigError("no S3 bucket configured (BUCKET)")
         keys = [self.prefix.strip("/"), *(part.strip("/") for part in parts)]
         return "s3://" + "/".join([self.bucket, *(key for key in keys if key)])
+
+    # The project's S3 layout under s3://<bucket>/<prefix>/, defined here once.
+    def data_uri(self, dataset: str = DEFAULT_DATASET) -> str:
+        """The uploaded ImageFolder dataset (``train/``, ``valid/``, ``test/``)."""
+        return self.s3_uri("data", dataset)
+
+    def output_uri(self, purpose: str) -> str:
+        """Job outputs (``training`` or ``tuning``); SageMaker adds ``<job name>/...`` below."""
+        return self.s3_uri(purpose)
+
+    def checkpoint_uri(self, job_name: str) -> str:
+        return self.s3_uri("checkpoints", job_name)
+
+    def model_upload_uri(self, digest: str) -> str:
+        """Where a local ``model.tar.gz`` is uploaded for deployment, keyed by its content."""
+        return self.s3_uri("models", digest, "model.tar.gz")
 
 
 @dataclass(frozen=True)
