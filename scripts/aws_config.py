@@ -55,6 +55,11 @@ class ConfigError(LaunchError):
     pass
 
 
+# What a launcher's command line reports as one "error: ..." line instead of a traceback:
+# our own checks, and AWS refusing a call (access denied, validation, throttling, no network).
+USER_ERRORS = (LaunchError, botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     region: str

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(images.ecr_image_uri(account, region, args.kind, args.tag))
             case "resolve":
                 print(pinned_image_uri(ecr, account, region, args.kind, args.tag))
-    except (LaunchError, subprocess.CalledProcessError) as error:
+    except (*aws_config.USER_ERRORS, subprocess.CalledProcessError) as error:
         sys.exit(f"error: {error}")
 
 

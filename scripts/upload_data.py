@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         result = sync(s3, local_files(summary), destination, workers=args.workers)
         print(f"uploaded {len(result.uploaded)}, skipped {len(result.skipped)} already there",
               file=sys.stderr)
-    except LaunchError as error:
+    except aws_config.USER_ERRORS as error:
         sys.exit(f"error: {error}")
     print(destination)
 

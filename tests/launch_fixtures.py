@@ -63,12 +63,13 @@ def aws(moto_url, monkeypatch, tmp_path) -> str:
     sdk_config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n"
                           "      TelemetryOptOut: true\n")
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "ROLE_ARN", "BUCKET",
-                 "S3_PREFIX", "LAUNCH_CONFIG", "AWS_DEFAULT_REGION"):
+                 "S3_PREFIX", "LAUNCH_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)  # what plain boto3 clients read
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")

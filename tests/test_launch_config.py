@@ -75,6 +75,7 @@ def test_example_config_file_holds_only_known_settings():
 
 def test_connect_reads_launch_toml_and_finds_the_account(aws, tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
     toml = f'region = "{REGION}"\nrole_arn = "{ROLE_ARN}"\nbucket = "{BUCKET}"\n'
     (tmp_path / "launch.toml").write_text(toml)
     context = aws_config.connect(parse([]), needs=("role_arn", "bucket"))
