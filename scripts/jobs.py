@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.hyperparameters import build_parser
-from scripts import ecr, images, opt_ml
+from scripts import images, opt_ml
 from scripts.aws_config import AwsContext, LaunchError
 
 DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"  # one T4 GPU, the cheapest GPU training instance
@@ -106,11 +106,6 @@ def read_hyperparameters_file(path: str | Path) -> dict[str, str]:
     if not isinstance(values, dict):
         raise LaunchError(f"{path}: expected a JSON object of hyperparameters")
     return check_hyperparameters(values)
-
-
-def training_image(context: AwsContext, tag: str) -> str:
-    """The training image pushed as ``tag``, pinned to its digest (checked to exist)."""
-    return ecr.pinned_image_uri(context.client("ecr"), context.account, context.config.region, "train", tag)
 
 
 def require_s3_prefix(context: AwsContext, uri: str) -> str:

@@ -24,7 +24,7 @@ import botocore.exceptions
 
 from classifier import metrics, sagemaker_env
 from classifier.hyperparameters import build_parser
-from scripts import aws_config, debugger_config, jobs
+from scripts import aws_config, debugger_config, ecr_lookup, jobs
 from scripts.aws_config import AwsContext, LaunchError
 from scripts.jobs import JobResources
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         job_name = args.job_name or aws_config.timestamped_name(JOB_BASE_NAME)
         spec = TrainingJobSpec(
             job_name=job_name,
-            image_uri=jobs.training_image(context, args.image_tag),
+            image_uri=ecr_lookup.image_for(context, "train", args.image_tag),
             role_arn=config.role_arn,
             region=config.region,
             data_uri=jobs.require_s3_prefix(context, args.data or config.data_uri()),

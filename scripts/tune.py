@@ -25,7 +25,7 @@ from pathlib import Path
 
 from classifier import metrics
 from classifier.hyperparameters import SEARCH_SPACE, CategoricalValues, ContinuousRange, IntegerRange
-from scripts import aws_config, jobs
+from scripts import aws_config, ecr_lookup, jobs
 from scripts.aws_config import AwsContext, LaunchError
 from scripts.jobs import JobResources
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             early_stopping_type(args.strategy, args.early_stopping)
             context = aws_config.connect(args, needs=("role_arn", "bucket"))
             data = jobs.require_s3_prefix(context, args.data or context.config.data_uri())
-            image = jobs.training_image(context, args.image_tag)
+            image = ecr_lookup.image_for(context, "train", args.image_tag)
             job_name = args.job_name or aws_config.timestamped_name(JOB_BASE_NAME, TUNING_JOB_NAME_LIMIT)
             tuner = build_tuner(context, image, args.strategy, static, resources, args.max_jobs,
                                 args.max_parallel_jobs, args.early_stopping)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, put_fake_image
 
-from scripts import aws_config, ecr, images
+from scripts import aws_config, ecr_lookup, images
 from scripts.aws_config import ConfigError, LaunchConfig
 
 pytest_plugins = ["launch_fixtures"]  # the moto fixtures
@@ -100,25 +100,13 @@ def test_timestamped_names_fit_the_limit():
     assert len(name) <= 32 and name.startswith("a-very-long-")
 
 
-def test_ecr_repositories_are_created_once_and_images_resolve_to_digests(aws):
-    context = aws_config.connect(parse([]))
-    client = context.client("ecr")
-    names = [images.repository(kind) for kind in sorted(images.REPOSITORIES)]
-    assert ecr.ensure_repositories(client, names) == names
-    assert ecr.ensure_repositories(client, names) == []
-    repositories = client.describe_repositories()["repositories"]
-    assert sorted(r["repositoryName"] for r in repositories) == sorted(names)
-
+def test_pushed_images_resolve_to_their_digest_and_missing_ones_are_named(aws):
+    client = aws_config.connect(parse([])).client("ecr")
+    client.create_repository(repositoryName=images.repository("train"))
     digest = put_fake_image(client, images.repository("train"), "latest")
-    uri = ecr.pinned_image_uri(client, ACCOUNT, REGION, "train", "latest")
+    uri = ecr_lookup.pinned_image_uri(client, ACCOUNT, REGION, "train", "latest")
     assert uri == f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{images.repository('train')}@{digest}"
+    with pytest.raises(aws_config.LaunchError, match=r"sagemaker-classifier-train:v2 is not in ECR"):
+        ecr_lookup.pinned_image_uri(client, ACCOUNT, REGION, "train", "v2")
     with pytest.raises(aws_config.LaunchError, match="make build push"):
-        ecr.pinned_image_uri(client, ACCOUNT, REGION, "serve", "latest")
-
-
-def test_ecr_cli_prints_registry_and_uris(aws, capsys):
-    ecr.main(["registry"])
-    ecr.main(["uri", "serve", "abc1234"])
-    lines = capsys.readouterr().out.split()
-    assert lines[0] == images.ecr_registry(ACCOUNT, REGION)
-    assert lines[1] == images.ecr_image_uri(ACCOUNT, REGION, "serve", "abc1234")
+        ecr_lookup.pinned_image_uri(client, ACCOUNT, REGION, "serve", "latest")
