@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 
@@ -66,3 +67,22 @@ def put_fake_image(ecr, repository: str, tag: str) -> str:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+class UpdateEndpointOnMoto:
+    """Answers UpdateEndpoint, which moto lacks, at the AWS boundary: records the call and makes
+    moto's endpoint use the new config (as SageMaker does once the update is in service)."""
+
+    def __init__(self, recording: RecordingSession):
+        self.calls: list[dict] = []
+        self._moto = boto3.Session(region_name=recording.session.region_name).client("sagemaker")
+        recording.session.events.register("before-call.sagemaker.UpdateEndpoint", self._answer)
+
+    def _answer(self, params, **_):
+        request = json.loads(params["body"])  # before-call sees the serialized request
+        self.calls.append(request)
+        name, config = request["EndpointName"], request["EndpointConfigName"]
+        self._moto.delete_endpoint(EndpointName=name)
+        self._moto.create_endpoint(EndpointName=name, EndpointConfigName=config)
+        arn = self._moto.describe_endpoint(EndpointName=name)["EndpointArn"]
+        return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": arn}
