@@ -71,10 +71,12 @@ def read_json(path: Path) -> dict:
 
 class UpdateEndpointOnMoto:
     """Answers UpdateEndpoint, which moto lacks, at the AWS boundary: records the call and makes
-    moto's endpoint use the new config (as SageMaker does once the update is in service)."""
+    moto's endpoint use the new config (as SageMaker does once the update is in service), or,
+    with ``roll_back``, leaves it on the old one (as SageMaker does when an update fails)."""
 
-    def __init__(self, recording: RecordingSession):
+    def __init__(self, recording: RecordingSession, roll_back: bool = False):
         self.calls: list[dict] = []
+        self.roll_back = roll_back
         self._moto = boto3.Session(region_name=recording.session.region_name).client("sagemaker")
         recording.session.events.register("before-call.sagemaker.UpdateEndpoint", self._answer)
 
@@ -82,7 +84,8 @@ class UpdateEndpointOnMoto:
         request = json.loads(params["body"])  # before-call sees the serialized request
         self.calls.append(request)
         name, config = request["EndpointName"], request["EndpointConfigName"]
-        self._moto.delete_endpoint(EndpointName=name)
-        self._moto.create_endpoint(EndpointName=name, EndpointConfigName=config)
+        if not self.roll_back:
+            self._moto.delete_endpoint(EndpointName=name)
+            self._moto.create_endpoint(EndpointName=name, EndpointConfigName=config)
         arn = self._moto.describe_endpoint(EndpointName=name)["EndpointArn"]
         return SimpleNamespace(status_code=200, headers={}), {"EndpointArn": arn}
