@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -48,31 +49,35 @@ class TrainingJobSpec:
     hyperparameters: dict[str, str] = field(default_factory=dict)
     resources: JobResources = field(default_factory=JobResources)
     debugger_save_interval: int = DEFAULT_SAVE_INTERVAL
+    debugger: bool = True  # the hook and the five built-in rules
+    profiler: bool = True  # system monitoring and the ProfilerReport rule
 
-
-def output_locations(output_uri: str, job_name: str, checkpoint_uri: str | None = None) -> dict[str, str]:
-    """Where SageMaker puts what the job produces (its conventions under the output path)."""
-    job = f"{output_uri.rstrip('/')}/{job_name}"
-    rule_output = f"{job}/rule-output"
-    locations = {
-        "model": f"{job}/output/model.tar.gz",
-        "output_data": f"{job}/output/output.tar.gz",
-        "debugger_tensors": f"{job}/debug-output",
-        "profiler_data": f"{job}/profiler-output",
-        "rule_output": rule_output,
-        "profiler_report": (f"{rule_output}/{debugger_config.PROFILER_REPORT_RULE}"
-                            "/profiler-output/profiler-report.html"),
-    }
-    if checkpoint_uri:
-        locations["checkpoints"] = checkpoint_uri
-    return locations
+    def locations(self) -> dict[str, str]:
+        """Where SageMaker puts what this job produces (its conventions under the output path)."""
+        job = f"{self.output_uri.rstrip('/')}/{self.job_name}"
+        rule_output = f"{job}/rule-output"
+        locations = {
+            "model": f"{job}/output/model.tar.gz",
+            "output_data": f"{job}/output/output.tar.gz",
+            "checkpoints": self.checkpoint_uri,
+        }
+        if self.debugger:
+            locations["debugger_tensors"] = f"{job}/debug-output"
+        if self.debugger or self.profiler:
+            locations["rule_output"] = rule_output
+        if self.profiler:
+            locations["profiler_data"] = f"{job}/profiler-output"
+            locations["profiler_report"] = (
+                f"{rule_output}/{debugger_config.PROFILER_REPORT_RULE}/profiler-output/profiler-report.html"
+            )
+        return locations
 
 
 def training_job_request(spec: TrainingJobSpec) -> dict:
     """The CreateTrainingJob parameters (pure: no AWS call)."""
-    locations = output_locations(spec.output_uri, spec.job_name)
+    locations = spec.locations()
     resources = spec.resources
-    return {
+    request = {
         "TrainingJobName": spec.job_name,
         "RoleArn": spec.role_arn,
         "AlgorithmSpecification": {
@@ -98,13 +103,24 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         "EnableManagedSpotTraining": resources.spot,
         # Synced to S3 while the job runs; a spot job interrupted and restarted resumes from it.
         "CheckpointConfig": {"S3Uri": spec.checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH},
-        "DebugHookConfig": debugger_config.debug_hook_config(
-            locations["debugger_tensors"], spec.debugger_save_interval
-        ),
-        "DebugRuleConfigurations": debugger_config.debug_rule_configurations(spec.region),
-        "ProfilerConfig": debugger_config.profiler_config(locations["profiler_data"]),
-        "ProfilerRuleConfigurations": debugger_config.profiler_rule_configurations(spec.region),
     }
+    if spec.debugger:
+        request["DebugHookConfig"] = debugger_config.debug_hook_config(
+            locations["debugger_tensors"], spec.debugger_save_interval
+        )
+        request["DebugRuleConfigurations"] = debugger_config.debug_rule_configurations(spec.region)
+    if spec.profiler:
+        request["ProfilerConfig"] = debugger_config.profiler_config(locations["profiler_data"])
+        request["ProfilerRuleConfigurations"] = debugger_config.profiler_rule_configurations(spec.region)
+    return request
+
+
+def refusal_hint(error: Exception, spec: TrainingJobSpec) -> str:
+    """A pointer to ``--no-debugger`` when AWS refuses a job over its Debugger or profiler settings."""
+    if (spec.debugger or spec.profiler) and re.search(r"debug|profil|rule", str(error), re.IGNORECASE):
+        return ("; SageMaker Debugger is closed to accounts that had not used it before 2026-07-30: "
+                "retry with --no-debugger --no-profiler (make train TRAIN_ARGS=...)")
+    return ""
 
 
 def merged_hyperparameters(file: Path | None, overrides: dict[str, str]) -> dict[str, str]:
@@ -120,7 +136,7 @@ def start(context: AwsContext, spec: TrainingJobSpec) -> dict:
         "training_job": spec.job_name,
         "region": spec.region,
         "hyperparameters": spec.hyperparameters,
-        "locations": output_locations(spec.output_uri, spec.job_name, spec.checkpoint_uri),
+        "locations": spec.locations(),
     }
 
 
@@ -156,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job-name", help=f"default: {JOB_BASE_NAME}-<timestamp>")
     parser.add_argument("--debugger-save-interval", type=int, default=DEFAULT_SAVE_INTERVAL,
                         help="training steps between saved tensors")
+    parser.add_argument("--debugger", action=argparse.BooleanOptionalAction, default=True,
+                        help="SageMaker Debugger hook and built-in rules (closed to accounts new since "
+                             "2026-07-30: use --no-debugger --no-profiler there)")
+    parser.add_argument("--profiler", action=argparse.BooleanOptionalAction, default=True,
+                        help="SageMaker system profiling and the ProfilerReport rule")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="wait for the job and print its rule evaluations")
     parser.add_argument("--record", type=Path, default=DEFAULT_RECORD_FILE,
@@ -181,8 +202,13 @@ def main(argv: list[str] | None = None) -> None:
             hyperparameters=hyperparameters,
             resources=resources,
             debugger_save_interval=args.debugger_save_interval,
+            debugger=args.debugger,
+            profiler=args.profiler,
         )
-        record = start(context, spec)
+        try:
+            record = start(context, spec)
+        except botocore.exceptions.ClientError as error:
+            raise LaunchError(f"{error}{refusal_hint(error, spec)}") from error
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(record, indent=2) + "\n")
         print(f"started training job {job_name} on {spec.image_uri}", file=sys.stderr)

@@ -112,12 +112,27 @@ def test_metric_regexes_in_the_request_read_the_trainers_lines():
 
 
 def test_output_locations_follow_sagemakers_layout():
-    locations = train_job.output_locations("s3://b/p/training/", "job-1", "s3://b/p/checkpoints/job-1")
+    locations = spec(job_name="job-1", output_uri="s3://b/p/training/",
+                     checkpoint_uri="s3://b/p/checkpoints/job-1").locations()
     assert locations["model"] == "s3://b/p/training/job-1/output/model.tar.gz"
     assert locations["debugger_tensors"] == "s3://b/p/training/job-1/debug-output"
     assert locations["profiler_report"] == (
         "s3://b/p/training/job-1/rule-output/ProfilerReport/profiler-output/profiler-report.html")
     assert locations["checkpoints"] == "s3://b/p/checkpoints/job-1"
+
+
+def test_debugger_and_profiler_can_be_left_out_for_accounts_without_them():
+    bare = spec(debugger=False, profiler=False)
+    request = train_job.training_job_request(bare)
+    validate_against_api("CreateTrainingJob", request)
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                "ProfilerRuleConfigurations"} & set(request)
+    assert set(bare.locations()) == {"model", "output_data", "checkpoints"}
+    only_profiler = train_job.training_job_request(spec(debugger=False))
+    assert "ProfilerRuleConfigurations" in only_profiler and "DebugHookConfig" not in only_profiler
+    refused = Exception("ValidationException: DebugRuleConfigurations are not available for this account")
+    assert "--no-debugger --no-profiler" in train_job.refusal_hint(refused, spec())
+    assert train_job.refusal_hint(refused, bare) == ""
 
 
 def test_hyperparameters_from_the_tuner_file_with_command_line_overrides(tmp_path):
