@@ -14,7 +14,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from launch_helpers import REGION
+from launch_helpers import ACCOUNT, BUCKET, REGION, put_fake_image
+
+from scripts import images
 
 
 def free_port() -> int:
@@ -78,3 +80,21 @@ def aws(moto_url, monkeypatch, tmp_path) -> str:
     return moto_url
 
 
+
+
+@pytest.fixture
+def pushed(aws) -> dict[str, str]:
+    """An account after `make build push` and `make upload-data`: both images in ECR under
+    ``latest``, the bucket with data in it. Returns each image's digest-pinned URI by kind."""
+    import boto3
+
+    ecr = boto3.client("ecr")
+    uris = {}
+    for kind in sorted(images.REPOSITORIES):
+        ecr.create_repository(repositoryName=images.repository(kind))
+        digest = put_fake_image(ecr, images.repository(kind), "latest")
+        uris[kind] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{images.repository(kind)}@{digest}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="sagemaker-classifier/data/dogImages/train/001.A/0.jpg", Body=b"x")
+    return uris

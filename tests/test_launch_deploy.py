@@ -15,7 +15,6 @@ from launch_helpers import (
     ROLE_ARN,
     RecordingSession,
     UpdateEndpointOnMoto,
-    put_fake_image,
     seed_endpoint_result,
 )
 
@@ -139,16 +138,6 @@ def test_a_failed_update_is_reported_and_the_serving_config_is_kept(aws):
     assert sagemaker.describe_model(ModelName=first.resource_name())
 
 
-@pytest.fixture
-def account(aws):
-    """After `make build push` and `make train`: a serving image in ECR, a completed job."""
-    ecr = boto3.client("ecr")
-    ecr.create_repository(repositoryName=images.repository("serve"))
-    digest = put_fake_image(ecr, images.repository("serve"), "latest")
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{images.repository('serve')}@{digest}"
-
-
 def completed_training_job(name):
     boto3.client("sagemaker").create_training_job(
         TrainingJobName=name, RoleArn=ROLE_ARN,
@@ -160,7 +149,7 @@ def completed_training_job(name):
     return f"s3://{BUCKET}/sagemaker-classifier/training/{name}/output/model.tar.gz"
 
 
-def test_cli_deploys_the_recorded_training_job_and_smoke_tests_it(account, tmp_path, capsys):
+def test_cli_deploys_the_recorded_training_job_and_smoke_tests_it(pushed, tmp_path, capsys):
     model_data = completed_training_job("classifier-train-1")
     record = tmp_path / "job.json"
     record.write_text(json.dumps({"training_job": "classifier-train-1"}))
@@ -175,10 +164,10 @@ def test_cli_deploys_the_recorded_training_job_and_smoke_tests_it(account, tmp_p
     sagemaker = boto3.client("sagemaker")
     config = sagemaker.describe_endpoint(EndpointName="dogs")["EndpointConfigName"]
     model = sagemaker.describe_model(ModelName=config)["PrimaryContainer"]
-    assert model == {"Image": account, "ModelDataUrl": model_data, "Environment": {}}
+    assert model == {"Image": pushed["serve"], "ModelDataUrl": model_data, "Environment": {}}
 
 
-def test_cli_uploads_a_local_model_tar_once(account, tmp_path, capsys):
+def test_cli_uploads_a_local_model_tar_once(pushed, tmp_path, capsys):
     archive = tmp_path / "model.tar.gz"
     archive.write_bytes(b"not really a tarball")
     smoke = tmp_path / "smoke.jpg"
@@ -189,8 +178,9 @@ def test_cli_uploads_a_local_model_tar_once(account, tmp_path, capsys):
     deploy.main(argv)
     deploy.main(argv)
     assert "InService (unchanged)" in capsys.readouterr().err
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
-    assert len(keys) == 1 and keys[0].startswith("sagemaker-classifier/models/")
+    listed = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="sagemaker-classifier/models/")
+    keys = [o["Key"] for o in listed["Contents"]]
+    assert len(keys) == 1
     config = boto3.client("sagemaker").describe_endpoint(EndpointName=deploy.DEFAULT_ENDPOINT)
     model = boto3.client("sagemaker").describe_model(ModelName=config["EndpointConfigName"])
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/{keys[0]}"
@@ -205,7 +195,7 @@ def test_cli_uploads_a_local_model_tar_once(account, tmp_path, capsys):
     (["deploy", "--model-tar", "missing.tar.gz", "--role-arn", ROLE_ARN, "--bucket", BUCKET],
      "model archive not found"),
 ])
-def test_cli_errors_come_before_anything_is_created(account, argv, message):
+def test_cli_errors_come_before_anything_is_created(pushed, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         deploy.main(argv)
     assert message in str(exit_info.value.code)
@@ -213,7 +203,7 @@ def test_cli_errors_come_before_anything_is_created(account, argv, message):
     assert sagemaker.list_models()["Models"] == [] and sagemaker.list_endpoints()["Endpoints"] == []
 
 
-def test_deploy_sh_is_a_thin_shell_over_the_module(account, tmp_path):
+def test_deploy_sh_is_a_thin_shell_over_the_module(pushed, tmp_path):
     completed_training_job("classifier-train-2")
     smoke = tmp_path / "smoke.jpg"
     smoke.write_bytes(SMOKE_TEXT)

@@ -7,7 +7,7 @@ import boto3
 import botocore.session
 import botocore.validate
 import pytest
-from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession, put_fake_image
+from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
 
 from classifier import metrics
 from scripts import images, jobs, train_job
@@ -161,31 +161,20 @@ def test_rule_statuses_are_listed():
     assert lines[1] == "ProfilerReport: NoIssuesFound"
 
 
-@pytest.fixture
-def account(aws):
-    ecr = boto3.client("ecr")
-    ecr.create_repository(repositoryName=images.repository("train"))
-    digest = put_fake_image(ecr, images.repository("train"), "latest")
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
-    s3.put_object(Bucket=BUCKET, Key="sagemaker-classifier/data/dogImages/train/001.A/0.jpg", Body=b"x")
-    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{images.repository('train')}@{digest}"
-
-
-def test_start_sends_exactly_the_built_request(account):
+def test_start_sends_exactly_the_built_request(pushed):
     recording = RecordingSession()
     context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
-    job = spec(image_uri=account)
+    job = spec(image_uri=pushed["train"])
     record = train_job.start(context, job)
     assert recording.only("CreateTrainingJob") == train_job.training_job_request(job)
     stored = recording.session.client("sagemaker").describe_training_job(TrainingJobName=job.job_name)
-    assert stored["AlgorithmSpecification"]["TrainingImage"] == account
+    assert stored["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
     assert stored["DebugHookConfig"] == train_job.training_job_request(job)["DebugHookConfig"]
     assert stored["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
     assert record["locations"]["model"] == stored["ModelArtifacts"]["S3ModelArtifacts"]
 
 
-def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(account, tmp_path, capsys):
+def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, tmp_path, capsys):
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"hyperparameters": {"learning-rate": "0.02", "batch-size": "64"}}))
     record = tmp_path / "job.json"
@@ -196,7 +185,7 @@ def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(account, 
     assert captured.out.strip() == "classifier-train-cli"
     stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-cli")
     assert stored["HyperParameters"] == {"learning-rate": "0.02", "batch-size": "64", "epochs": "4"}
-    assert stored["AlgorithmSpecification"]["TrainingImage"] == account
+    assert stored["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
     assert stored["EnableManagedSpotTraining"] is False
     recorded = json.loads(record.read_text())
     assert recorded["training_job"] == "classifier-train-cli"
@@ -213,7 +202,7 @@ def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(account, 
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--max-run-hours", "2", "--max-wait-hours", "1"],
      "spot wait limit"),
 ])
-def test_cli_errors_come_before_any_job_is_created(account, argv, message):
+def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         train_job.main(argv)
     assert message in str(exit_info.value.code)

@@ -5,11 +5,11 @@ import re
 
 import boto3
 import pytest
-from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession, put_fake_image
+from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
 
 from classifier import metrics
 from classifier.hyperparameters import SEARCH_SPACE
-from scripts import images, jobs, tune
+from scripts import jobs, tune
 from scripts.aws_config import AwsContext, LaunchConfig, LaunchError
 
 pytest_plugins = ["launch_fixtures"]
@@ -78,25 +78,13 @@ def test_a_tuning_job_without_a_winner_is_reported():
                           "TrainingJobDefinition": {}})
 
 
-@pytest.fixture
-def account(aws):
-    """An account after `make build push` and `make upload-data`: images in ECR, data in S3."""
-    ecr = boto3.client("ecr")
-    for kind in images.REPOSITORIES:
-        ecr.create_repository(repositoryName=images.repository(kind))
-    digest = put_fake_image(ecr, images.repository("train"), "latest")
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
-    s3.put_object(Bucket=BUCKET, Key="sagemaker-classifier/data/dogImages/train/001.A/0.jpg", Body=b"x")
-    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{images.repository('train')}@{digest}"
-
-
-def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_spot(account):
+def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_spot(pushed):
     recording = RecordingSession()
     context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
     static = tune.static_hyperparameters("Bayesian", {"model-name": "resnet50", "pretrained": "true"})
     resources = jobs.JobResources(instance_type="ml.g4dn.xlarge", max_run_seconds=3600, spot=True)
-    tuner = tune.build_tuner(context, account, "Bayesian", static, resources, max_jobs=6, max_parallel_jobs=3)
+    tuner = tune.build_tuner(context, pushed["train"], "Bayesian", static, resources,
+                             max_jobs=6, max_parallel_jobs=3)
     tuner.tune(inputs={jobs.CHANNEL: CONFIG.data_uri()}, job_name="classifier-tune-test", wait=False)
 
     request = recording.only("CreateHyperParameterTuningJob")
@@ -115,7 +103,7 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
         "MaxValue": str(SEARCH_SPACE["epochs"].max_value), "ScalingType": "Auto"}]
 
     definition = request["TrainingJobDefinition"]
-    assert definition["AlgorithmSpecification"]["TrainingImage"] == account
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
     assert definition["StaticHyperParameters"] == {"model-name": "resnet50", "pretrained": "true"}
     assert definition["RoleArn"] == ROLE_ARN
     assert definition["InputDataConfig"][0]["ChannelName"] == "training"
@@ -142,14 +130,14 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
     # moto stored the job as sent.
     stored = recording.session.client("sagemaker").describe_hyper_parameter_tuning_job(
         HyperParameterTuningJobName="classifier-tune-test")
-    assert stored["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == account
+    assert stored["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
 
 
-def test_hyperband_request_sets_its_resource_and_turns_early_stopping_off(account):
+def test_hyperband_request_sets_its_resource_and_turns_early_stopping_off(pushed):
     recording = RecordingSession()
     context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
     static = tune.static_hyperparameters("Hyperband", {})
-    tuner = tune.build_tuner(context, account, "Hyperband", static, jobs.JobResources(spot=False),
+    tuner = tune.build_tuner(context, pushed["train"], "Hyperband", static, jobs.JobResources(spot=False),
                              max_jobs=4, max_parallel_jobs=2)
     tuner.tune(inputs={jobs.CHANNEL: CONFIG.data_uri()}, job_name="classifier-tune-hb", wait=False)
     request = recording.only("CreateHyperParameterTuningJob")
@@ -166,7 +154,7 @@ def test_hyperband_request_sets_its_resource_and_turns_early_stopping_off(accoun
     assert "MaxWaitTimeInSeconds" not in definition["StoppingCondition"]
 
 
-def test_cli_tunes_waits_and_writes_the_result_file(account, tmp_path, capsys):
+def test_cli_tunes_waits_and_writes_the_result_file(pushed, tmp_path, capsys):
     result_file = tmp_path / "best.json"
     tune.main(["--strategy", "Random", "--max-jobs", "2", "--max-parallel-jobs", "1", "--job-name",
                "classifier-tune-cli", "--output", str(result_file), "--role-arn", ROLE_ARN,
@@ -183,7 +171,7 @@ def test_cli_tunes_waits_and_writes_the_result_file(account, tmp_path, capsys):
     assert result["hyperparameters"]["model-name"] == "resnet18"
 
 
-def test_cli_without_waiting_prints_the_job_and_writes_nothing(account, tmp_path, capsys):
+def test_cli_without_waiting_prints_the_job_and_writes_nothing(pushed, tmp_path, capsys):
     tune.main(["--no-wait", "--job-name", "classifier-tune-nw", "--output", str(tmp_path / "best.json"),
                "--role-arn", ROLE_ARN, "--bucket", BUCKET])
     assert capsys.readouterr().out.strip() == "classifier-tune-nw"
@@ -196,7 +184,7 @@ def test_cli_without_waiting_prints_the_job_and_writes_nothing(account, tmp_path
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--data", f"s3://{BUCKET}/empty"], "no data under"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--", "--epochs", "3"], "are tuned"),
 ])
-def test_cli_errors_come_before_any_job_is_created(account, argv, message):
+def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         tune.main(argv)
     assert message in str(exit_info.value.code)
