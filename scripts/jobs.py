@@ -25,7 +25,7 @@ CHANNEL = opt_ml.DEFAULT_CHANNEL
 @dataclass(frozen=True)
 class JobResources:
     instance_type: str = DEFAULT_INSTANCE_TYPE
-    instance_count: int = 1
+    instance_count: int = 1  # the trainer runs on one instance (no distributed training)
     volume_gb: int = DEFAULT_VOLUME_GB
     max_run_seconds: int = int(DEFAULT_MAX_RUN_HOURS * 3600)
     spot: bool = True
@@ -46,7 +46,6 @@ class JobResources:
 def resources_from_args(args: argparse.Namespace) -> JobResources:
     return JobResources(
         instance_type=args.instance_type,
-        instance_count=args.instance_count,
         volume_gb=args.volume_gb,
         max_run_seconds=int(args.max_run_hours * 3600),
         spot=args.spot,
@@ -61,7 +60,6 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-tag", default=images.LATEST,
                        help="tag of the pushed training image; the job runs its digest")
     group.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
-    group.add_argument("--instance-count", type=int, default=1)
     group.add_argument("--volume-gb", type=int, default=DEFAULT_VOLUME_GB)
     group.add_argument("--max-run-hours", type=float, default=DEFAULT_MAX_RUN_HOURS)
     group.add_argument("--spot", action=argparse.BooleanOptionalAction, default=True,

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+import boto3
 import pytest
 from launch_helpers import ACCOUNT, BUCKET, REGION, put_fake_image
 
@@ -86,8 +87,6 @@ def aws(moto_url, monkeypatch, tmp_path) -> str:
 def pushed(aws) -> dict[str, str]:
     """An account after `make build push` and `make upload-data`: both images in ECR under
     ``latest``, the bucket with data in it. Returns each image's digest-pinned URI by kind."""
-    import boto3
-
     ecr = boto3.client("ecr")
     uris = {}
     for kind in sorted(images.REPOSITORIES):

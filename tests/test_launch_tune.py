@@ -171,11 +171,14 @@ def test_cli_tunes_waits_and_writes_the_result_file(pushed, tmp_path, capsys):
     assert result["hyperparameters"]["model-name"] == "resnet18"
 
 
-def test_cli_without_waiting_prints_the_job_and_writes_nothing(pushed, tmp_path, capsys):
-    tune.main(["--no-wait", "--job-name", "classifier-tune-nw", "--output", str(tmp_path / "best.json"),
+def test_cli_without_waiting_prints_the_job_then_attach_writes_the_result(pushed, tmp_path, capsys):
+    result_file = tmp_path / "best.json"
+    tune.main(["--no-wait", "--job-name", "classifier-tune-nw", "--output", str(result_file),
                "--role-arn", ROLE_ARN, "--bucket", BUCKET])
     assert capsys.readouterr().out.strip() == "classifier-tune-nw"
-    assert not (tmp_path / "best.json").exists()
+    assert not result_file.exists()
+    tune.main(["--attach", "classifier-tune-nw", "--output", str(result_file)])
+    assert json.loads(result_file.read_text())["tuning_job"] == "classifier-tune-nw"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
