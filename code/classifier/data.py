@@ -271,7 +271,8 @@ def build_loaders(
     loaders = {}
     for name, split in data.splits.items():
         training = name == "train"
-        dataset = ImageDataset(split.samples, train_transform(image_size) if training else eval_transform(image_size))
+        transform = train_transform(image_size) if training else eval_transform(image_size)
+        dataset = ImageDataset(split.samples, transform)
         loaders[name] = DataLoader(
             dataset,
             batch_size=batch_size,

@@ -52,7 +52,7 @@ def export_program(model: nn.Module, image_size: int, path: Path) -> None:
             images = torch.randn(size, 3, image_size, image_size)
             difference = (reloaded(images) - model(images)).abs().max().item()
             if not difference <= EXPORT_TOLERANCE:
-                raise RuntimeError(f"exported model differs from the trained one by {difference} (batch {size})")
+                raise RuntimeError(f"exported model is off by {difference} on a batch of {size}")
 
 
 def metrics_document(
@@ -101,4 +101,4 @@ def write_artifact(
     missing = artifact.missing_files(model_dir)
     if missing:
         raise RuntimeError(f"artifact in {model_dir} is incomplete: {missing}")
-    logger.info("artifact written to %s: %s", model_dir, ", ".join(sorted(p.name for p in model_dir.iterdir())))
+    logger.info("artifact written to %s: %s", model_dir, sorted(p.name for p in model_dir.iterdir()))

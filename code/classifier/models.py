@@ -56,13 +56,20 @@ def build_model(
     """A ResNet with a new ``num_classes`` head; layers outside the fine-tuning policy frozen."""
     if pretrained:
         model = _imagenet_model(name, str(weights_path) if weights_path else None)
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
     else:
         if weights_path:
             logger.warning("weights-path is ignored because pretrained=false")
-        model = models.get_model(name, weights=None)
+        model = architecture(name, num_classes)
         logger.info("model: %s, random initialisation", name)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
     freeze(model, fine_tune)
+    return model
+
+
+def architecture(name: str, num_classes: int) -> nn.Module:
+    """The bare network with a ``num_classes`` head, to load trained weights into."""
+    model = models.get_model(name, weights=None)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 
