@@ -66,14 +66,16 @@ def start_training(
     hyperparameters: Mapping[str, object],
     channels: Sequence[str] = DEFAULT_CHANNELS,
     capture_output: bool = True,
+    code_dir: Path = CODE_DIR,
 ) -> subprocess.Popen:
     """Lays out ``out_dir`` and starts the toolkit in its own process group (see ``stop_training``).
 
     With ``capture_output`` the log (stdout and stderr) is readable from ``process.stdout``.
+    ``code_dir`` is what the image would hold in ``/opt/ml/code`` (default: this repository's).
     """
     if not TOOLKIT_TRAIN.exists():
         raise FileNotFoundError(f"{TOOLKIT_TRAIN} not found: run `make setup` first")
-    base = opt_ml.lay_out(out_dir, channel_folders(data_dir, channels), hyperparameters, code_dir=CODE_DIR)
+    base = opt_ml.lay_out(out_dir, channel_folders(data_dir, channels), hyperparameters, code_dir=code_dir)
     for outcome in ("success", "failure"):  # a fresh container has neither
         (base / "output" / outcome).unlink(missing_ok=True)
     return subprocess.Popen(
@@ -100,12 +102,13 @@ def run_training(
     hyperparameters: Mapping[str, object],
     channels: Sequence[str] = DEFAULT_CHANNELS,
     timeout: float | None = None,
+    code_dir: Path = CODE_DIR,
 ) -> subprocess.CompletedProcess:
     """Runs a whole training job; ``.stdout`` holds its log, ``.returncode`` the toolkit's status.
 
     After ``timeout`` seconds the run is killed and ``subprocess.TimeoutExpired`` raised.
     """
-    process = start_training(data_dir, out_dir, hyperparameters, channels)
+    process = start_training(data_dir, out_dir, hyperparameters, channels, code_dir=code_dir)
     try:
         log, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -2,8 +2,9 @@
 
 When the job has Debugger enabled, SageMaker writes ``input/config/debughookconfig.json`` and
 the hook follows it (and SageMaker uploads what it writes). Otherwise a local default hook
-saves the losses, weights, biases and gradients every ``save_interval`` steps into a folder
-of our choosing. If smdebug cannot be imported, training goes on without it after one warning.
+saves the losses (TRAIN and EVAL) and the weights, biases and gradients (TRAIN) every
+``save_interval`` steps into a folder of our choosing. If smdebug cannot be imported,
+training goes on without it after one warning.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 LOCAL_COLLECTIONS = ("losses", "weights", "biases", "gradients")
+TRAIN_ONLY_COLLECTIONS = ("weights", "biases", "gradients")
 # smdebug writes this file when a hook closes, and refuses to reuse a folder that holds it.
 END_OF_TRIAL_FILE = "training_job_end.ts"
 
@@ -59,6 +61,13 @@ class Debugger:
                 save_config=smd.SaveConfig(save_interval=save_interval),
                 include_collections=list(LOCAL_COLLECTIONS),
             )
+            # Parameters and gradients only change in training: saving them in EVAL mode too
+            # would cost time and disk for copies of the same tensors.
+            for name in TRAIN_ONLY_COLLECTIONS:
+                hook.get_collection(name).save_config = {
+                    smd.modes.TRAIN: smd.SaveConfigMode(save_interval=save_interval),
+                    smd.modes.EVAL: smd.SaveConfigMode(end_step=0),  # never
+                }
             logger.info(
                 "debugger: local hook saving %s every %d steps to %s",
                 ", ".join(LOCAL_COLLECTIONS), save_interval, local_out_dir,

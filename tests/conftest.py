@@ -1,0 +1,81 @@
+"""Shared session fixtures: a tiny learnable dataset, and ONE real training run on it.
+
+``trained_run`` runs ``code/train.py`` through the SageMaker training toolkit on the host
+(``scripts.train_local.run_training``), like ``make train-local``; every test that needs a
+trained artifact, smdebug output or a training log reuses it, so the suite trains once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts.sample_data import make_dataset
+from scripts.train_local import run_training
+
+# Tiny and quick on 2 CPU cores, yet it exercises the default recipe's moving parts:
+# ImageNet-style weights from a file, frozen layers (fine-tune last-block), warmup + cosine
+# schedule, a data-loader worker, the local smdebug hook saving every 2 steps.
+TRAINED_RUN_HYPERPARAMETERS = {
+    "model-name": "resnet18",
+    "pretrained": True,
+    "fine-tune": "last-block",
+    "image-size": 32,
+    "batch-size": 8,
+    "epochs": 3,
+    "learning-rate": 0.01,
+    "warmup-epochs": 1,
+    "workers": 1,
+    "seed": 0,
+    "debugger-save-interval": 2,
+    "resource-sample-seconds": 0.2,
+}
+TRAINING_TIMEOUT_S = 600
+
+
+def fail_with_log(message: str, log: str) -> None:
+    pytest.fail(f"{message}\n---- training log (end) ----\n{log[-6000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """3 classes (``001.Affenpinscher`` ...), 24/8/8 images per class in train/valid/test, 64 px."""
+    return make_dataset(tmp_path_factory.mktemp("sample_dataset"), num_classes=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights_file(tmp_path_factory) -> Path:
+    """A resnet18 state_dict shaped like torchvision's ImageNet weights (random: none can be downloaded)."""
+    import torch
+    from torchvision import models
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet-shaped.pth"
+    torch.save(models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _training_result(sample_dataset, imagenet_weights_file, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("trained_run")
+    hyperparameters = {**TRAINED_RUN_HYPERPARAMETERS, "weights-path": str(imagenet_weights_file)}
+    result: subprocess.CompletedProcess = run_training(
+        sample_dataset, out, hyperparameters, timeout=TRAINING_TIMEOUT_S
+    )
+    if result.returncode != 0:
+        fail_with_log(f"the shared training run failed (exit {result.returncode})", result.stdout)
+    return out, result.stdout
+
+
+@pytest.fixture(scope="session")
+def trained_run(_training_result) -> Path:
+    """The OUT folder (like /opt/ml) of one successful training run on ``sample_dataset``."""
+    return _training_result[0]
+
+
+@pytest.fixture(scope="session")
+def trained_run_log(_training_result) -> str:
+    """That run's whole log (toolkit and train.py, stdout and stderr)."""
+    return _training_result[1]
