@@ -11,32 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from train_helpers import TRAINED_RUN_HYPERPARAMETERS, TRAINING_TIMEOUT_S, fail_with_log
 
 from scripts.sample_data import make_dataset
 from scripts.train_local import run_training
-
-# Tiny and quick on 2 CPU cores, yet it exercises the default recipe's moving parts:
-# ImageNet-style weights from a file, frozen layers (fine-tune last-block), warmup + cosine
-# schedule, a data-loader worker, the local smdebug hook saving every 2 steps.
-TRAINED_RUN_HYPERPARAMETERS = {
-    "model-name": "resnet18",
-    "pretrained": True,
-    "fine-tune": "last-block",
-    "image-size": 32,
-    "batch-size": 8,
-    "epochs": 3,
-    "learning-rate": 0.01,
-    "warmup-epochs": 1,
-    "workers": 1,
-    "seed": 0,
-    "debugger-save-interval": 2,
-    "resource-sample-seconds": 0.2,
-}
-TRAINING_TIMEOUT_S = 600
-
-
-def fail_with_log(message: str, log: str) -> None:
-    pytest.fail(f"{message}\n---- training log (end) ----\n{log[-6000:]}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

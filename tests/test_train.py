@@ -11,13 +11,13 @@ import pytest
 import torch
 from smdebug import modes
 from smdebug.trials import create_trial
+from train_helpers import TRAINED_RUN_HYPERPARAMETERS
 
 from classifier import artifact, metrics
 from classifier.data import class_name
 from classifier.preprocessing import PreprocessConfig
 from classifier.resources import RESOURCE_USAGE_FILE
 from scripts.sample_data import class_folder_names
-from tests.conftest import TRAINED_RUN_HYPERPARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = REPO / ".venv" / "serve" / "bin" / "python"

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 import torch
+from train_helpers import TRAINING_TIMEOUT_S, fail_with_log
 
 from classifier import artifact, metrics
 from scripts.train_local import run_training, start_training, stop_training
-from tests.conftest import TRAINING_TIMEOUT_S, fail_with_log
 
 RESUMABLE_RUN = {
     "model-name": "resnet18",

@@ -7,11 +7,11 @@ import json
 
 from smdebug import modes
 from smdebug.trials import create_trial
+from train_helpers import TRAINING_TIMEOUT_S, fail_with_log
 
 from classifier import artifact, sagemaker_env
 from scripts.sample_data import class_folder_names, make_dataset
 from scripts.train_local import run_training
-from tests.conftest import TRAINING_TIMEOUT_S, fail_with_log
 
 
 def test_split_channels_sagemaker_debugger_config_and_skipped_images(tmp_path):
