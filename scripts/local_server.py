@@ -56,7 +56,7 @@ class LocalServer:
 
     def ping(self) -> tuple[int, dict] | None:
         """(status, body) of ``/ping``, or None while nothing listens."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             connection.request("GET", "/ping")
             response = connection.getresponse()

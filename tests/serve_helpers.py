@@ -20,13 +20,11 @@ from pathlib import Path
 import psutil
 import requests
 import torch
-import torchvision
 from PIL import Image
 
 from classifier import artifact, protocol
 from classifier.preprocessing import EvalTransform, PreprocessConfig, load_image
-from scripts.local_server import CODE_DIR, LocalServer
-from scripts.sample_data import class_folder_names
+from scripts.local_server import LocalServer
 
 
 class ServerProcess(LocalServer):
@@ -59,26 +57,7 @@ class ServerProcess(LocalServer):
         return super().stop(timeout)
 
 
-# ---------------------------------------------------------------- artifacts and expected predictions
-
-
-def build_artifact(model_dir: Path, num_classes: int, image_size: int = 48) -> Path:
-    """An artifact laid out as the trainer lays it out: a random resnet18, exported, and the rest."""
-    model = torchvision.models.resnet18(num_classes=num_classes).eval()
-    example = torch.randn(2, 3, image_size, image_size)
-    batch = torch.export.Dim("batch", min=1)
-    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)),
-                      model_dir / artifact.MODEL_FILE)
-    names = [folder.split(".", 1)[1] for folder in class_folder_names(num_classes)]
-    (model_dir / artifact.CLASSES_FILE).write_text(json.dumps(names))
-    PreprocessConfig.for_image_size(image_size).save(model_dir / artifact.PREPROCESS_FILE)
-    (model_dir / artifact.METRICS_FILE).write_text("{}")
-    for name in artifact.SERVING_CODE_FILES:
-        target = model_dir / artifact.CODE_DIR / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((CODE_DIR / name).read_bytes())
-    assert artifact.missing_files(model_dir) == []
-    return model_dir
+# ---------------------------------------------------------------- expected predictions
 
 
 class ReferenceModel:

@@ -1,5 +1,6 @@
-"""The real serving stack (``make serve-local``: gateway + MMS + our handlers) answers every content
-type with the trainer's evaluation, refuses every bad request with its 4xx, and keeps serving."""
+"""The real serving stack (``make serve-local``: gateway + MMS + our handlers), serving the shared
+training run's artifact, answers every content type as the trainer evaluates, refuses every bad
+request with its 4xx, and keeps serving."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_helpers import ReferenceModel, ServerProcess, assert_same_top_k, build_artifact, encode
+from serve_helpers import ReferenceModel, ServerProcess, assert_same_top_k, encode
 
-from classifier import protocol
-from scripts.sample_data import make_dataset, make_image
+from classifier import artifact, protocol
+from classifier.data import build_loaders, load_splits
+from scripts.sample_data import make_image
 
 NUM_CLASSES = 3
 MAX_IMAGE_PIXELS = 1_000_000  # small limits make the bombs cheap to build
@@ -27,8 +29,9 @@ MAX_BATCH_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
-def serving_artifact(tmp_path_factory):
-    return build_artifact(tmp_path_factory.mktemp("artifact"), NUM_CLASSES)
+def serving_artifact(trained_run):
+    """The artifact of the suite's one real training run (``sample_dataset``: 3 classes)."""
+    return trained_run / "model"
 
 
 @pytest.fixture(scope="module")
@@ -338,19 +341,31 @@ def test_fifty_requests_from_eight_threads_all_answered_correctly(server, refere
         assert_same_top_k(predictions(response), expected[i])
 
 
-def test_served_predictions_equal_the_trainer_evaluation_on_a_test_split(server, reference, tmp_path):
-    root = make_dataset(tmp_path / "data", NUM_CLASSES, {"train": 1, "valid": 1, "test": 4}, size=64, seed=7)
-    paths = sorted((root / "test").rglob("*.jpg"))
-    images = [path.read_bytes() for path in paths]
-    served = predictions(server.invoke(protocol.json_request(images[:MAX_BATCH_IMAGES], k=NUM_CLASSES),
-                                       protocol.JSON))
-    served += predictions(server.invoke(protocol.json_request(images[MAX_BATCH_IMAGES:], k=NUM_CLASSES),
-                                        protocol.JSON))
-    from classifier.preprocessing import load_image
+def test_served_predictions_equal_the_trainer_evaluation_of_the_test_split(
+    server, reference, sample_dataset, serving_artifact
+):
+    """The trainer's own test loader through the exported model gives the served probabilities, and
+    the served top-1 accuracy is the test accuracy the trainer reported."""
+    data = load_splits({"training": sample_dataset}, max_bad_fraction=0.0)
+    test = data.splits["test"]
+    image_size = reference.transform.config.image_size
+    loader = build_loaders(data, image_size, batch_size=8, workers=0, pin_memory=False)["test"]
+    with torch.inference_mode():
+        expected = torch.cat([torch.softmax(reference.module(images), dim=1) for images, _ in loader])
 
-    expected = reference.probabilities([load_image(path) for path in paths])
+    images = [path.read_bytes() for path, _ in test.samples]
+    served = []
+    for start in range(0, len(images), MAX_BATCH_IMAGES):
+        body = protocol.json_request(images[start:start + MAX_BATCH_IMAGES], k=NUM_CLASSES, batch=True)
+        served += predictions(server.invoke(body, protocol.JSON))
+    assert len(served) == len(test.samples) == len(expected)
     for top, row in zip(served, expected, strict=True):
         got = torch.zeros(NUM_CLASSES)
         for item in top:
             got[item[protocol.CLASS_INDEX_FIELD]] = item[protocol.PROBABILITY_FIELD]
         torch.testing.assert_close(got, row, atol=1e-5, rtol=0)
+
+    top_1 = [top[0][protocol.CLASS_INDEX_FIELD] for top in served]
+    correct = sum(index == label for index, (_, label) in zip(top_1, test.samples, strict=True))
+    metrics = json.loads((serving_artifact / artifact.METRICS_FILE).read_text())
+    assert correct / len(test.samples) == metrics["test"]["test_accuracy"]

@@ -8,17 +8,17 @@ import time
 
 import psutil
 import pytest
-from serve_helpers import ServerProcess, build_artifact
+from serve_helpers import ServerProcess
 
 from classifier import artifact
 
-NUM_CLASSES = 2
 NEVER_HEALTHY_WINDOW_S = 10  # after the failure shows, /ping is watched this long more
 
 
 @pytest.fixture(scope="module")
-def good_artifact(tmp_path_factory):
-    return build_artifact(tmp_path_factory.mktemp("artifact"), NUM_CLASSES)
+def good_artifact(trained_run):
+    """The artifact of the suite's one real training run."""
+    return trained_run / "model"
 
 
 def broken_copy(good_artifact, tmp_path, breakage: str):
@@ -52,8 +52,9 @@ def test_broken_artifact_is_reported_unhealthy_with_its_reason_and_never_healthy
 
         deadline = time.monotonic() + NEVER_HEALTHY_WINDOW_S
         while time.monotonic() < deadline:  # MMS restarts the workers; each dies again
-            status, body = server.ping()
-            assert status == 503 and body["status"] == "Unhealthy", body
+            answer = server.ping()
+            assert answer is not None, f"/ping did not answer\n{server.log_tail()}"
+            assert answer[0] == 503 and answer[1]["status"] == "Unhealthy", answer
             time.sleep(0.5)
 
         response = server.invoke(b"\xff\xd8\xff", "image/jpeg")
