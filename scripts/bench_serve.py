@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import platform
 import statistics
@@ -50,25 +49,18 @@ def benchmark_jpeg() -> bytes:
 
 
 def build_artifact(model_dir: Path, num_classes: int = 133, image_size: int = 224) -> Path:
-    """A ResNet50 artifact as the trainer writes it (random weights)."""
-    import torch
+    """A ResNet50 artifact written by the trainer's own exporter (random weights)."""
     import torchvision
 
-    from classifier import artifact
-    from classifier.preprocessing import PreprocessConfig
+    from classifier import export
 
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model = torchvision.models.resnet50(num_classes=num_classes).eval()
-    example = torch.randn(2, 3, image_size, image_size)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    torch.export.save(program, model_dir / artifact.MODEL_FILE)
-    (model_dir / artifact.CLASSES_FILE).write_text(json.dumps([f"breed_{i:03d}" for i in range(num_classes)]))
-    PreprocessConfig.for_image_size(image_size).save(model_dir / artifact.PREPROCESS_FILE)
-    (model_dir / artifact.METRICS_FILE).write_text("{}")
-    for name in artifact.SERVING_CODE_FILES:
-        target = model_dir / artifact.CODE_DIR / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((REPO / "code" / name).read_bytes())
+    metrics = export.metrics_document(
+        hyperparameters={}, epochs=[], best_epoch=0, test={}, num_classes=num_classes, bad_images={}
+    )
+    export.write_artifact(
+        model_dir, torchvision.models.resnet50(num_classes=num_classes),
+        [f"breed_{index:03d}" for index in range(num_classes)], image_size, metrics, REPO / "code",
+    )
     return model_dir
 
 
