@@ -38,6 +38,7 @@ REPORT = REPO / "benchmarks" / "serve.md"
 LATENCY_REQUESTS = 100
 WARMUP_REQUESTS = 5
 THROUGHPUT_REQUESTS_PER_WORKER = 40
+QUIET_PATIENCE_S = 600.0
 
 
 def benchmark_jpeg() -> bytes:
@@ -177,6 +178,13 @@ def bare(model_dir: Path, jpeg: Path, threads: int) -> None:
 # ---------------------------------------------------------------- the run
 
 
+def wait_for_quiet(cores: int, patience_s: float = QUIET_PATIENCE_S) -> None:
+    """Waits (a while, at most) for the machine's load to drop below its cores: others share it."""
+    deadline = time.monotonic() + patience_s
+    while os.getloadavg()[0] > 0.75 * cores and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def run(model_dir: Path, work: Path, cores: int) -> dict:
     jpeg = work / "request.jpg"
     jpeg.write_bytes(benchmark_jpeg())
@@ -186,6 +194,7 @@ def run(model_dir: Path, work: Path, cores: int) -> dict:
     for workers in range(1, cores + 1):
         threads = max(1, cores // workers)
         env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "SERVE_TORCH_THREADS": str(threads)}
+        wait_for_quiet(cores)
         server = LocalServer(model_dir, work / f"server-{workers}.log", env)
         try:
             results["startup_s"][workers] = server.wait_healthy()
@@ -194,11 +203,15 @@ def run(model_dir: Path, work: Path, cores: int) -> dict:
             if workers == 1:
                 bare_model = BareModel(model_dir, jpeg, threads)
                 try:
+                    wait_for_quiet(cores)
+                    load_before = os.getloadavg()[0]
                     results["served"], results["bare"] = interleaved_latencies(server.port, body, bare_model)
+                    results["load"] = (load_before, os.getloadavg()[0])
                 finally:
                     bare_model.close()
                 results["threads"] = threads
             clients = 2 * workers
+            wait_for_quiet(cores)
             rate = served_throughput(server.port, body, clients, THROUGHPUT_REQUESTS_PER_WORKER * workers)
             results["throughput"].append({"workers": workers, "threads": threads, "clients": clients,
                                           "requests_per_s": rate})
@@ -241,7 +254,14 @@ def report(results: dict, model: str, size: tuple[int, int]) -> str:
     ]
     for name, (served_s, bare_s) in rows.items():
         lines.append(f"| {name} | {served_s * 1000:.1f} | {bare_s * 1000:.1f} | {served_s / bare_s:.3f}x |")
+    pairs = [(s_, b_) for s_, b_ in zip(served, bare_run, strict=True)]
+    overhead_ms = statistics.median(s_ - b_ for s_, b_ in pairs) * 1000
+    pair_ratio = statistics.median(s_ / b_ for s_, b_ in pairs)
     lines += [
+        "",
+        f"Per pair (served, then bare, back to back): median overhead {overhead_ms:.1f} ms, median "
+        f"ratio {pair_ratio:.3f}x. Load average (1 min) before / after: {results['load'][0]:.2f} / "
+        f"{results['load'][1]:.2f} on {results['cores']} cores.",
         "",
         "Target: served p50 at most 1.25x the bare p50.",
         "",
