@@ -59,3 +59,38 @@ test: setup ## run the whole test suite (Docker tests included)
 .PHONY: lint
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
+
+# ---------------------------------------------------------------- containers
+# Images: names and tags from scripts/images.py. Docker engine: the one that answers, else (as root)
+# a private dockerd under ~/.cache/sagemaker-classifier/docker, stopped again after each target.
+# Build options (variables or environment): BASE_IMAGE, PIP_CERT (a CA for pip, passed as a BuildKit
+# secret), PIP_INDEX_URL, WHEELHOUSE, TORCH_CPU_INDEX, PRETRAINED_MODELS="resnet50" (bakes ImageNet
+# weights into the training image), HTTP(S)_PROXY. Push: ACCOUNT and REGION, else the AWS configuration.
+export BASE_IMAGE PIP_CERT PIP_INDEX_URL WHEELHOUSE TORCH_CPU_INDEX PRETRAINED_MODELS ACCOUNT REGION GPUS
+PORT ?= 8080
+
+.PHONY: build
+build: ## build both images for linux/amd64, tagged with the git short SHA and latest
+	$(PYTHON) -m scripts.docker_build train serve
+
+.PHONY: push
+push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both images (ACCOUNT=, REGION=)
+	$(DEV_PY) -m scripts.ecr push train serve
+
+.PHONY: local-train
+local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> HP="--epochs 2"
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [HP=...]"; exit 2; }
+	$(PYTHON) -m scripts.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
+
+.PHONY: local-serve
+local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080
+	@test -n "$(MODEL)" || { echo "usage: make local-serve MODEL=<model.tar.gz or folder> [PORT=8080]"; exit 2; }
+	$(PYTHON) -m scripts.local_mode serve --model "$(MODEL)" --port $(PORT)
+
+.PHONY: demo
+demo: $(DEV_ENV) ## end to end in containers: sample data (or DATA=dogImages), build, train, serve, predict top-5
+	$(DEV_PY) -m scripts.demo $(if $(DATA),--data "$(DATA)") $(if $(HP),-- $(HP))
+
+.PHONY: engine-stop
+engine-stop: ## stop the private Docker engine if one was left running
+	$(PYTHON) -m scripts.docker_engine stop
