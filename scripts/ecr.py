@@ -86,6 +86,20 @@ def push_images(engine: docker_engine.Engine, plan: list[tuple[str, str]]) -> No
         engine.run("push", remote, capture=False)
 
 
+def push(
+    ecr, engine: docker_engine.Engine, registry: str, kinds: Iterable[str], tags: Iterable[str]
+) -> list[str]:
+    """Creates missing repositories, logs Docker in to ``registry`` and pushes; returns the remote images."""
+    kinds, tags = list(kinds), list(tags)
+    for name in ensure_repositories(ecr, [images.repository(kind) for kind in kinds]):
+        print(f"[push] created ECR repository {name}", file=sys.stderr)
+    user, password = login_credentials(ecr)
+    docker_login(engine, registry, user, password)
+    plan = push_plan(registry, kinds, tags)
+    push_images(engine, plan)
+    return [remote for _, remote in plan]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,20 +118,14 @@ def main() -> None:
     session = boto3.Session()
     account, region = resolve_account_and_region(session, args.account, args.region)
     ecr = session.client("ecr", region_name=region)
-    for name in ensure_repositories(ecr, [images.repository(kind) for kind in kinds]):
-        print(f"[push] created ECR repository {name}", file=sys.stderr)
-    registry = images.ecr_registry(account, region)
-    user, password = login_credentials(ecr)
     try:
         with docker_engine.engine_session() as engine:
-            docker_login(engine, registry, user, password)
-            push_images(engine, push_plan(registry, kinds, tags))
+            pushed = push(ecr, engine, images.ecr_registry(account, region), kinds, tags)
     except docker_engine.EngineUnavailable as error:
         sys.exit(f"docker engine: {error}")
     except subprocess.CalledProcessError as error:
         sys.exit(f"push failed: {' '.join(error.cmd[:3])} exited {error.returncode}: {error.stderr or ''}")
-    for _, remote in push_plan(registry, kinds, tags):
-        print(remote)
+    print("\n".join(pushed))
 
 
 if __name__ == "__main__":
