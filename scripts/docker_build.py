@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -196,6 +197,18 @@ def wheelhouse_sources(environ: Mapping[str, str]) -> list[Path]:
     return host_find_links(_pip_config_listing(), environ)
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both lie on one file system (no copy of a 200 MB wheel), else a copy."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError:
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+
+
 def fill_wheelhouse(
     pins: Mapping[str, Pin], sources: Iterable[Path], target: Path = WHEELHOUSE_DIR
 ) -> set[str]:
@@ -214,10 +227,7 @@ def fill_wheelhouse(
             digest = sha256_of(wheel)
             if digest not in allowed or digest in present:
                 continue
-            try:
-                os.link(wheel, target / wheel.name)
-            except OSError:
-                (target / wheel.name).write_bytes(wheel.read_bytes())
+            link_or_copy(wheel, target / wheel.name)
             present[digest] = target / wheel.name
             print(f"[build] wheelhouse: {wheel.name} from {source}", file=sys.stderr, flush=True)
     return set(present) & allowed
