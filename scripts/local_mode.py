@@ -79,9 +79,12 @@ def serve_command(
     port: int,
     environment: Mapping[str, str] | None = None,
     detach: bool = False,
+    remove: bool = True,
 ) -> list[str]:
     """``docker run ... IMAGE serve`` with the artifact at /opt/ml/model, listening on ``port``."""
-    command = ["run", "--rm", "--name", name, "--network", "host"]
+    command = ["run", "--name", name, "--network", "host"]
+    if remove:
+        command.append("--rm")
     if detach:
         command.append("--detach")
     env = {"SAGEMAKER_BIND_TO_PORT": str(port), **(environment or {})}
@@ -122,6 +125,7 @@ def train_in_container(
     image: str = image_name("train"),
     gpus: str | None = None,
     capture: bool = False,
+    name: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Lays out ``out`` like /opt/ml, runs the training container, packs ``out/model.tar.gz`` on success.
 
@@ -133,7 +137,7 @@ def train_in_container(
             raise FileNotFoundError(f"data folder for channel {channel!r} not found: {folder}")
     out = Path(out).resolve()
     opt_ml.lay_out(out, dict.fromkeys(channels), hyperparameters)
-    name = container_name("train")
+    name = name or container_name("train")
     result = engine.run(*train_command(image, name, out, channels, gpus), check=False, capture=capture)
     if result.returncode == 0:
         pack_model(out / "model", out / MODEL_TAR)
@@ -184,12 +188,14 @@ def serving_container(
     image: str = image_name("serve"),
     environment: Mapping[str, str] | None = None,
     startup_timeout: float = 180,
+    remove: bool = True,
 ) -> Iterator[str]:
     """Starts the serving container in the background, waits for a healthy /ping, yields its name,
-    and stops it (``docker stop``, i.e. SIGTERM) afterwards."""
+    and stops it (``docker stop``, i.e. SIGTERM) afterwards; ``remove=False`` keeps the stopped
+    container for inspection."""
     with model_folder(model) as folder:
         name = container_name("serve")
-        engine.run(*serve_command(image, name, folder, port, environment, detach=True))
+        engine.run(*serve_command(image, name, folder, port, environment, detach=True, remove=remove))
         try:
             wait_until_healthy(port, startup_timeout, lambda: container_running(engine, name))
             yield name

@@ -217,3 +217,9 @@ def test_account_and_region_come_from_variables_else_from_the_aws_configuration(
     assert account == boto3.client("sts", region_name=region).get_caller_identity()["Account"]
     with pytest.raises(SystemExit, match="region"):
         ecr.resolve_account_and_region(boto3.Session(region_name=None), None, None)
+
+
+def test_a_channel_without_data_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training"):
+        local_mode.train_in_container(None, tmp_path / "missing", tmp_path / "out", {"epochs": 1})
+    assert not (tmp_path / "out").exists()
