@@ -12,7 +12,8 @@ What a build takes from its environment, so that it works on a locked-down machi
 - ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (any case): passed on as Docker's predefined build args.
 - ``PIP_INDEX_URL`` (http/https only): a package index mirror instead of PyPI.
 - ``WHEELHOUSE``: folders holding wheels for an offline build (default: the host pip's
-  ``find-links`` folders). Pinned wheels found there are linked into ``docker/wheelhouse/``.
+  ``find-links`` folders). Wheels found there that an image pins are linked into its
+  ``docker/<image>/wheelhouse/``.
 - ``TORCH_CPU_INDEX``: where the serving image's CPU torch comes from (PyTorch's CPU index);
   not used when the wheelhouse already holds the pinned wheel.
 
@@ -36,7 +37,6 @@ from pathlib import Path
 from scripts import docker_engine, images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WHEELHOUSE_DIR = REPO_ROOT / "docker" / "wheelhouse"
 PLATFORM = "linux/amd64"
 DEFAULT_TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "FTP_PROXY")
@@ -50,6 +50,12 @@ def dockerfile(kind: str) -> Path:
 
 def requirements_file(kind: str) -> Path:
     return REPO_ROOT / "docker" / kind / "requirements.txt"
+
+
+def wheelhouse_dir(kind: str) -> Path:
+    """Wheels offered to the image's ``pip install``; each image has its own, so that a wheel for
+    one image never changes the other's build cache."""
+    return REPO_ROOT / "docker" / kind / "wheelhouse"
 
 
 # ---------------------------------------------------------------- pins and wheels (pure)
@@ -209,9 +215,7 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.replace(partial, target)
 
 
-def fill_wheelhouse(
-    pins: Mapping[str, Pin], sources: Iterable[Path], target: Path = WHEELHOUSE_DIR
-) -> set[str]:
+def fill_wheelhouse(pins: Mapping[str, Pin], sources: Iterable[Path], target: Path) -> set[str]:
     """Links (or copies) the pinned wheels found in ``sources`` into ``target``.
 
     Returns the sha256 of every pinned wheel now in ``target``.
@@ -244,7 +248,7 @@ def build_image(
 ) -> float:
     """Builds one image and returns the seconds it took; raises CalledProcessError on failure."""
     pins = parse_pins(requirements_file(kind).read_text())
-    wheelhouse_hashes = fill_wheelhouse(pins, wheelhouse_sources(environ))
+    wheelhouse_hashes = fill_wheelhouse(pins, wheelhouse_sources(environ), wheelhouse_dir(kind))
     torch_index = None
     if kind == "serve":
         torch_index = torch_index_for(
