@@ -8,10 +8,10 @@ import json
 import shutil
 import socket
 import tarfile
-import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,9 @@ TINY_TRAINING = {
 # Each training epoch takes about a second here: long enough to stop one mid-run.
 LONG_TRAINING = {**TINY_TRAINING, "epochs": 50, "early-stopping-patience": 0}
 SERVE_ENVIRONMENT = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
-STOP_TIMEOUT_S = 30
+# Docker's default grace between SIGTERM and SIGKILL on `docker stop`; a SIGKILLed container exits 137.
+STOP_GRACE_S = 10
+SIGKILLED = 137
 
 
 def output_tail(result) -> str:
@@ -122,23 +124,19 @@ def test_docker_stop_checkpoints_training_and_says_so_in_output_failure(
     """SageMaker's StopTrainingJob and spot interruptions send SIGTERM to the container."""
     out = tmp_path / "opt_ml"
     name = local_mode.container_name("train")
-    checkpoint = out / "checkpoints"
-    run = threading.Thread(
-        target=local_mode.train_in_container,
-        args=(engine, dataset, out, LONG_TRAINING),
-        kwargs={"image": built_images["train"], "capture": True, "name": name},
-    )
-    run.start()
-    deadline = time.monotonic() + 300
-    while not any(checkpoint.glob("*.pt")) and run.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert any(checkpoint.glob("*.pt")), "no checkpoint after the first epoch"
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(
+            local_mode.train_in_container, engine, dataset, out, LONG_TRAINING,
+            image=built_images["train"], capture=True, name=name,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not any((out / "checkpoints").glob("*.pt")) and not run.done() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any((out / "checkpoints").glob("*.pt")), "no checkpoint after the first epoch"
+        engine.run("stop", "--time", str(STOP_GRACE_S), name)
+        result = run.result(timeout=60)
 
-    started = time.monotonic()
-    engine.run("stop", "--time", str(STOP_TIMEOUT_S), name)
-    run.join(timeout=60)
-
-    assert time.monotonic() - started < STOP_TIMEOUT_S  # the script stopped itself: no SIGKILL needed
+    assert result.returncode not in (0, SIGKILLED), output_tail(result)  # stopped, by itself
     reason = (out / "output" / "failure").read_text()
     assert "SIGTERM" in reason and "checkpoint" in reason, reason
     assert not (out / "output" / "success").exists()
@@ -204,9 +202,9 @@ def test_serving_container_refuses_bad_input_and_keeps_serving(
 
 def test_serving_container_runs_as_non_root(engine, serving):
     name, _ = serving
-    processes = engine.run("top", name, "-o", "uid,comm").stdout.splitlines()[1:]
-    assert processes
-    assert all(line.split()[0] != "0" for line in processes), processes
+    processes = engine.run("top", name, "-o", "pid,uid,comm").stdout.splitlines()[1:]
+    assert len(processes) >= 3, processes  # serve, the model server's Java frontend, a worker
+    assert all(line.split()[1] != "0" for line in processes), processes
 
 
 def test_serving_container_exits_cleanly_on_docker_stop(engine, built_images, container_training):
@@ -215,12 +213,8 @@ def test_serving_container_exits_cleanly_on_docker_stop(engine, built_images, co
     with local_mode.serving_container(
         engine, out / local_mode.MODEL_TAR, port, built_images["serve"], SERVE_ENVIRONMENT, remove=False
     ) as name:
-        started = time.monotonic()
-        engine.run("stop", "--time", str(STOP_TIMEOUT_S), name)
-        seconds = time.monotonic() - started
+        engine.run("stop", "--time", str(STOP_GRACE_S), name)
     state = json.loads(engine.run("inspect", "--format", "{{json .State}}", name).stdout)
     logs = engine.run("logs", name).stderr
     engine.run("rm", name)
-    assert state["ExitCode"] == 0, logs[-2000:]
-    assert seconds < STOP_TIMEOUT_S
-    assert not state["OOMKilled"]
+    assert state["ExitCode"] == 0, logs[-2000:]  # SIGKILL after the grace would give 137
