@@ -18,7 +18,7 @@ import pytest
 
 from classifier import artifact, protocol
 from scripts import local_mode, opt_ml
-from scripts.sample_data import SPLITS, class_folder_names, make_dataset
+from scripts.sample_data import SPLITS, class_folder_names
 
 pytest_plugins = ["docker_fixtures"]
 pytestmark = pytest.mark.docker
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.docker
 NUM_CLASSES = 3
 TINY_TRAINING = {
     "model-name": "resnet18", "pretrained": False, "epochs": 1, "batch-size": 8, "image-size": 32,
-    "workers": 0, "seed": 0,
+    "workers": 1, "seed": 0,
 }  # fmt: skip
 # Each training epoch takes about a second here: long enough to stop one mid-run.
 LONG_TRAINING = {**TINY_TRAINING, "epochs": 50, "early-stopping-patience": 0}
@@ -58,18 +58,11 @@ def post(port: int, body: bytes, content_type: str | None) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return make_dataset(
-        tmp_path_factory.mktemp("data"), NUM_CLASSES, {"train": 16, "valid": 4, "test": 4}, 32
-    )
-
-
-@pytest.fixture(scope="module")
-def container_training(engine, built_images, dataset, tmp_path_factory):
+def container_training(engine, built_images, sample_dataset, tmp_path_factory):
     """One real training run in the training container: ``(CompletedProcess, OUT folder)``."""
     out = tmp_path_factory.mktemp("opt_ml")
     result = local_mode.train_in_container(
-        engine, dataset, out, TINY_TRAINING, image=built_images["train"], capture=True
+        engine, sample_dataset, out, TINY_TRAINING, image=built_images["train"], capture=True
     )
     return result, out
 
@@ -89,7 +82,9 @@ def test_training_container_packs_the_artifact_and_reports_success(container_tra
     assert (out / "checkpoints").iterdir()
 
 
-def test_training_container_reads_channels_mounted_where_sagemaker_puts_them(container_training, dataset):
+def test_training_container_reads_channels_mounted_where_sagemaker_puts_them(
+    container_training, sample_dataset
+):
     _, out = container_training
     channel = out / "input" / "data" / opt_ml.DEFAULT_CHANNEL
     assert channel.is_dir() and not channel.is_symlink()  # a mount point, not a link to the host's data
@@ -101,9 +96,11 @@ def test_training_container_reads_channels_mounted_where_sagemaker_puts_them(con
     assert metrics["hyperparameters"]["model-name"] == "resnet18"
 
 
-def test_broken_dataset_fails_with_the_reason_and_a_non_zero_exit(engine, built_images, dataset, tmp_path):
+def test_broken_dataset_fails_with_the_reason_and_a_non_zero_exit(
+    engine, built_images, sample_dataset, tmp_path
+):
     broken = tmp_path / "broken"
-    shutil.copytree(dataset, broken)
+    shutil.copytree(sample_dataset, broken)
     shutil.rmtree(broken / "valid")
     out = tmp_path / "opt_ml"
 
@@ -119,14 +116,14 @@ def test_broken_dataset_fails_with_the_reason_and_a_non_zero_exit(engine, built_
 
 
 def test_docker_stop_checkpoints_training_and_says_so_in_output_failure(
-    engine, built_images, dataset, tmp_path
+    engine, built_images, sample_dataset, tmp_path
 ):
     """SageMaker's StopTrainingJob and spot interruptions send SIGTERM to the container."""
     out = tmp_path / "opt_ml"
     name = local_mode.container_name("train")
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(
-            local_mode.train_in_container, engine, dataset, out, LONG_TRAINING,
+            local_mode.train_in_container, engine, sample_dataset, out, LONG_TRAINING,
             image=built_images["train"], capture=True, name=name,
         )  # fmt: skip
         deadline = time.monotonic() + 300
@@ -157,16 +154,16 @@ def serving(engine, built_images, container_training):
         yield name, port
 
 
-def sample_jpeg(dataset: Path) -> bytes:
-    return next((dataset / SPLITS[2]).rglob("*.jpg")).read_bytes()
+def sample_jpeg(sample_dataset: Path) -> bytes:
+    return next((sample_dataset / SPLITS[2]).rglob("*.jpg")).read_bytes()
 
 
-def test_serving_container_answers_ping_and_top5(serving, dataset):
+def test_serving_container_answers_ping_and_top5(serving, sample_dataset):
     _, port = serving
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10) as response:
         assert response.status == 200
 
-    status, answer = post(port, sample_jpeg(dataset), "image/jpeg")
+    status, answer = post(port, sample_jpeg(sample_dataset), "image/jpeg")
 
     assert status == 200, answer
     top = answer[protocol.PREDICTIONS_FIELD]
@@ -189,14 +186,14 @@ def test_serving_container_answers_ping_and_top5(serving, dataset):
     ids=["empty", "undecodable", "malformed-json", "unsupported-type"],
 )
 def test_serving_container_refuses_bad_input_and_keeps_serving(
-    serving, dataset, body, content_type, expected
+    serving, sample_dataset, body, content_type, expected
 ):
     _, port = serving
     status, answer = post(port, body, content_type)
     assert status == expected, answer
     assert answer.get("message"), answer
 
-    status, answer = post(port, sample_jpeg(dataset), "image/jpeg")
+    status, answer = post(port, sample_jpeg(sample_dataset), "image/jpeg")
     assert status == 200, answer
 
 
