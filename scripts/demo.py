@@ -30,8 +30,9 @@ from scripts import docker_build, docker_engine, images, invoke, local_mode, opt
 DEFAULT_WORK = Path("runs/demo")
 # Random initialisation (no weights can be downloaded on every machine), every layer training.
 SAMPLE_HYPERPARAMETERS = {
-    "model-name": "resnet18", "pretrained": False, "fine-tune": "all", "epochs": 3, "batch-size": 16,
-    "image-size": 64, "learning-rate": 0.05, "warmup-epochs": 0, "workers": 1, "seed": 0,
+    "model-name": "resnet18", "pretrained": False, "fine-tune": "all", "epochs": 5, "batch-size": 16,
+    "image-size": 32, "optimizer": "adamw", "learning-rate": 0.002, "warmup-epochs": 0, "workers": 1,
+    "seed": 0,
 }  # fmt: skip
 SAMPLE_CLASSES = 5
 TOP_K = 5

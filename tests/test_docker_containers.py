@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from classifier import artifact, protocol
-from scripts import local_mode, opt_ml
+from scripts import demo, images, local_mode, opt_ml
 from scripts.sample_data import SPLITS, class_folder_names
 
 pytest_plugins = ["docker_fixtures"]
@@ -215,3 +215,17 @@ def test_serving_container_exits_cleanly_on_docker_stop(engine, built_images, co
     logs = engine.run("logs", name).stderr
     engine.run("rm", name)
     assert state["ExitCode"] == 0, logs[-2000:]  # SIGKILL after the grace would give 137
+
+
+def test_demo_trains_serves_and_prints_the_top5_of_each_class(
+    engine, built_images, sample_dataset, tmp_path, capsys
+):
+    """`make demo` on the shared sample data (one epoch): the README's main command, end to end."""
+    assert demo.run(sample_dataset, tmp_path / "demo", ["--epochs", "1"]) == 0
+
+    printed = capsys.readouterr().out
+    assert printed.count("(true class: ") == NUM_CLASSES
+    assert printed.count("  1. ") == NUM_CLASSES
+    assert (tmp_path / "demo" / "opt_ml" / local_mode.MODEL_TAR).is_file()
+    containers = engine.run("ps", "--all", "--format", "{{.Names}}").stdout.split()
+    assert not [name for name in containers if name.startswith(images.repository("serve"))]  # cleaned up

@@ -7,7 +7,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from scripts import docker_build, docker_engine, ecr, images, local_mode
+from scripts import demo, docker_build, docker_engine, ecr, images, local_mode
+from scripts.sample_data import class_folder_names, make_dataset
 
 TORCH_HASH = "6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b"
 REQUIREMENTS = f"""\
@@ -223,3 +224,18 @@ def test_a_channel_without_data_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="training"):
         local_mode.train_in_container(None, tmp_path / "missing", tmp_path / "out", {"epochs": 1})
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_hyperparameters_quick_recipe_for_generated_data_overridable_and_checked():
+    quick = demo.demo_hyperparameters(real_data=False, overrides=["--epochs", "1"])
+    assert quick["epochs"] == "1" and quick["model-name"] == "resnet18" and quick["pretrained"] is False
+    assert demo.demo_hyperparameters(real_data=True, overrides=[]) == {}  # the trainer's defaults
+    with pytest.raises(SystemExit):
+        demo.demo_hyperparameters(real_data=True, overrides=["--model-name", "vgg11"])
+
+
+def test_demo_sends_one_test_image_per_class(tmp_path):
+    data = make_dataset(tmp_path, num_classes=3, counts={"train": 1, "valid": 1, "test": 2}, size=16)
+    samples = demo.one_image_per_class(data)
+    assert [folder for folder, _ in samples] == class_folder_names(3)
+    assert all(path.parent.parent.name == "test" and path.name == "0000.jpg" for _, path in samples)
