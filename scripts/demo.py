@@ -68,9 +68,9 @@ def one_image_per_class(data: Path) -> list[tuple[str, Path]]:
     return samples
 
 
-def run(data: Path | None, work: Path, overrides: list[str]) -> int:
+def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> int:
+    """The five steps; ``data`` None generates the sample dataset in ``work``. Returns the exit status."""
     started = time.monotonic()
-    hyperparameters = demo_hyperparameters(data is not None, overrides)
     step(1, "data")
     if data is None:
         shutil.rmtree(work / "data", ignore_errors=True)
@@ -126,7 +126,8 @@ def main() -> None:
     if args.data is not None and not args.data.is_dir():
         sys.exit(f"--data {args.data}: no such folder")
     try:
-        sys.exit(run(args.data, args.work.resolve(), overrides))
+        hyperparameters = demo_hyperparameters(real_data=args.data is not None, overrides=overrides)
+        sys.exit(run(args.data, args.work.resolve(), hyperparameters))
     except docker_engine.EngineUnavailable as error:
         sys.exit(f"docker engine: {error}")
     except subprocess.CalledProcessError as error:

@@ -221,7 +221,8 @@ def test_demo_trains_serves_and_prints_the_top5_of_each_class(
     engine, built_images, sample_dataset, tmp_path, capsys
 ):
     """`make demo` on the shared sample data (one epoch): the README's main command, end to end."""
-    assert demo.run(sample_dataset, tmp_path / "demo", ["--epochs", "1"]) == 0
+    quick = demo.demo_hyperparameters(real_data=False, overrides=["--epochs", "1"])
+    assert demo.run(sample_dataset, tmp_path / "demo", quick) == 0
 
     printed = capsys.readouterr().out
     assert printed.count("(true class: ") == NUM_CLASSES
