@@ -162,6 +162,8 @@ def find_client() -> str:
     BuildKit is needed for ``RUN --mount`` (the pip CA secret, the pip cache, the wheelhouse).
     """
     if os.environ.get("DOCKER"):
+        if not os.access(os.environ["DOCKER"], os.X_OK):
+            raise EngineUnavailable(f"DOCKER={os.environ['DOCKER']} is not an executable Docker client")
         return os.environ["DOCKER"]
     candidates = [
         path for path in (shutil.which("docker"), "/usr/bin/docker") if path and os.path.exists(path)
@@ -300,14 +302,14 @@ def connect(private: PrivateEngine | None = None) -> Engine:
     docker = find_client()
     if engine_answers(docker, None):
         return Engine(docker)
+    if os.geteuid() != 0:
+        raise EngineUnavailable(
+            "no Docker engine answers (start one, or set DOCKER_HOST); "
+            "a private dockerd is started only when running as root"
+        )
     with _start_lock(private):
         if _read_pid(private.pidfile) and engine_answers(docker, private.host):
             return Engine(docker, private.host)
-        if os.geteuid() != 0:
-            raise EngineUnavailable(
-                "no Docker engine answers (start one, or set DOCKER_HOST); "
-                "a private dockerd is started only when running as root"
-            )
         pid = start_private_engine(private, docker)
     return Engine(docker, private.host, started_pid=pid)
 

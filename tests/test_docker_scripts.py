@@ -1,6 +1,9 @@
 """The container scripts' pure parts, and ECR through moto: no Docker engine needed."""
 
 import base64
+import os
+import subprocess
+import sys
 import tarfile
 
 import boto3
@@ -239,3 +242,23 @@ def test_demo_sends_one_test_image_per_class(tmp_path):
     samples = demo.one_image_per_class(data)
     assert [folder for folder, _ in samples] == class_folder_names(3)
     assert all(path.parent.parent.name == "test" and path.name == "0000.jpg" for _, path in samples)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "skipped"), ("true", "error")])
+def test_without_any_docker_the_container_tests_skip_loudly_or_fail_under_ci(tmp_path, ci, outcome):
+    environ = {**os.environ, "DOCKER": str(tmp_path / "no-docker"), "CI": ci}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_docker_images.py", "-p", "no:cacheprovider", "-rsE"],
+        cwd=docker_build.REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    summary = result.stdout.splitlines()[-1]
+    assert f"5 {outcome}" in summary, result.stdout[-3000:]
+    assert "NO DOCKER ENGINE" in result.stdout
+    if outcome == "skipped":
+        assert result.returncode == 0 and "warning" in summary
+    else:
+        assert result.returncode != 0
