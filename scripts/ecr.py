@@ -114,13 +114,16 @@ def main() -> None:
     tags = args.tag or list(dict.fromkeys([images.git_tag(), images.LATEST]))
 
     import boto3  # only this command needs it
+    import botocore.exceptions
 
-    session = boto3.Session()
-    account, region = resolve_account_and_region(session, args.account, args.region)
-    ecr = session.client("ecr", region_name=region)
     try:
+        session = boto3.Session()
+        account, region = resolve_account_and_region(session, args.account, args.region)
+        ecr = session.client("ecr", region_name=region)
         with docker_engine.engine_session() as engine:
             pushed = push(ecr, engine, images.ecr_registry(account, region), kinds, tags)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        sys.exit(f"AWS: {error}")
     except docker_engine.EngineUnavailable as error:
         sys.exit(f"docker engine: {error}")
     except subprocess.CalledProcessError as error:
