@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -41,9 +42,10 @@ ENGINE_DIR = CACHE_DIR / "docker"
 BASE_CACHE_DIR = CACHE_DIR / "base"
 
 PUBLIC_BASE_IMAGE = "python:3.11-slim-bookworm"
-OFFLINE_BASE_IMAGE = "sagemaker-classifier-base:python3.11-bookworm"
+OFFLINE_BASE_REPOSITORY = "sagemaker-classifier-base"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_SECURITY_MIRROR = os.environ.get("DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
 # What the offline base holds: Debian's Python 3.11 with venv (the Dockerfiles make /opt/venv).
 DEBOOTSTRAP_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 
@@ -211,7 +213,7 @@ def _read_pid(pidfile: Path) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def _install_debian_packages(*packages: str) -> None:
+def install_debian_packages(*packages: str) -> None:
     """apt-get install, as root; used only where the engine or debootstrap is missing."""
     print(f"[docker-engine] installing {' '.join(packages)} with apt-get", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -228,7 +230,7 @@ def _find_dockerd() -> str:
     if dockerd:
         return dockerd
     if shutil.which("apt-get"):
-        _install_debian_packages("docker.io")
+        install_debian_packages("docker.io")
         if shutil.which("dockerd"):
             return shutil.which("dockerd")
     raise EngineUnavailable(
@@ -350,6 +352,22 @@ def debootstrap_command(rootfs: Path, suite: str = DEBIAN_SUITE, mirror: str = D
     ]
 
 
+def apt_sources(suite: str = DEBIAN_SUITE) -> str:
+    """The offline base's sources.list: like the public image's, with updates and security fixes."""
+    return (
+        f"deb {DEBIAN_MIRROR} {suite} main\n"
+        f"deb {DEBIAN_MIRROR} {suite}-updates main\n"
+        f"deb {DEBIAN_SECURITY_MIRROR} {suite}-security main\n"
+    )
+
+
+def offline_base_image() -> str:
+    """``sagemaker-classifier-base:python3.11-bookworm-<recipe hash>``: a changed recipe is a new image."""
+    recipe = json.dumps([debootstrap_command(Path("ROOTFS")), apt_sources(), import_changes()])
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return f"{OFFLINE_BASE_REPOSITORY}:python3.11-{DEBIAN_SUITE}-{digest}"
+
+
 def import_changes() -> list[str]:
     """``docker import --change`` options that make the rootfs behave like the public slim image."""
     changes = [
@@ -365,7 +383,7 @@ def _make_base_tarball(tarball: Path) -> None:
     if not shutil.which("debootstrap"):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise EngineUnavailable(f"cannot pull {PUBLIC_BASE_IMAGE} and debootstrap is not installed")
-        _install_debian_packages("debootstrap")
+        install_debian_packages("debootstrap")
     tarball.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tarball.parent) as scratch:
         rootfs = Path(scratch) / "rootfs"
@@ -375,6 +393,7 @@ def _make_base_tarball(tarball: Path) -> None:
             flush=True,
         )
         subprocess.run(debootstrap_command(rootfs), check=True, stdout=subprocess.DEVNULL)
+        (rootfs / "etc" / "apt" / "sources.list").write_text(apt_sources())
         for trimmed in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
             for child in (rootfs / trimmed).glob("*"):
                 if child.is_dir() and not child.is_symlink():
@@ -399,25 +418,26 @@ def ensure_base_image(engine: Engine, requested: str | None = None) -> str:
         return requested
     if engine.image_exists(PUBLIC_BASE_IMAGE) or _try_pull(engine, PUBLIC_BASE_IMAGE):
         return PUBLIC_BASE_IMAGE
-    if engine.image_exists(OFFLINE_BASE_IMAGE):
-        return OFFLINE_BASE_IMAGE
+    image = offline_base_image()
+    if engine.image_exists(image):
+        return image
     print(
-        f"[docker-engine] {PUBLIC_BASE_IMAGE} cannot be pulled: making {OFFLINE_BASE_IMAGE} offline",
+        f"[docker-engine] {PUBLIC_BASE_IMAGE} cannot be pulled: making {image} offline",
         file=sys.stderr,
         flush=True,
     )
-    tarball = BASE_CACHE_DIR / f"{DEBIAN_SUITE}-python3.11.tar"
+    tarball = BASE_CACHE_DIR / f"{image.split(':', 1)[1]}.tar"
     if not tarball.is_file():
         _make_base_tarball(tarball)
     with open(tarball, "rb") as stream:
         subprocess.run(
-            engine.command("import", *import_changes(), "-", OFFLINE_BASE_IMAGE),
+            engine.command("import", *import_changes(), "-", image),
             stdin=stream,
             env=engine.env,
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    return OFFLINE_BASE_IMAGE
+    return image
 
 
 # ---------------------------------------------------------------- command line

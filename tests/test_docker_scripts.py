@@ -128,11 +128,13 @@ def test_private_engine_keeps_everything_under_its_root_with_host_networking_onl
     assert {"--bridge=none", "--iptables=false"} <= set(command)
 
 
-def test_debootstrap_base_holds_python_with_venv():
+def test_debootstrap_base_holds_python_with_venv_and_security_updates():
     command = docker_engine.debootstrap_command(docker_engine.BASE_CACHE_DIR / "rootfs")
     assert "--variant=minbase" in command
     assert "python3" in command[2] and "python3-venv" in command[2]
     assert command[3] == "bookworm"
+    assert "bookworm-security" in docker_engine.apt_sources()
+    assert docker_engine.offline_base_image().startswith("sagemaker-classifier-base:python3.11-bookworm-")
 
 
 def test_training_mounts_follow_the_sagemaker_layout_with_channels_mounted_read_only(tmp_path):
