@@ -199,6 +199,7 @@ def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, t
     (["--role-arn", ROLE_ARN], "no S3 bucket"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--", "--batch-size", "-1"], "batch-size"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--image-tag", "v9"], "sagemaker-classifier-train:v9"),
+    (["--role-arn", ROLE_ARN, "--bucket", "sagemaker-nobody"], "bucket 'sagemaker-nobody' does not exist"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--max-run-hours", "2", "--max-wait-hours", "1"],
      "spot wait limit"),
 ])
