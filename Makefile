@@ -60,6 +60,13 @@ test: setup ## run the whole test suite (Docker tests included)
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
 
+# ---------------------------------------------------------------- serving
+.PHONY: serve-local
+serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model server: MODEL=<folder> [PORT=8080]
+	@test -d "$(MODEL)" || { echo "usage: make serve-local MODEL=<artifact folder (model.pt2, classes.json, ...)> [PORT=8080]" >&2; exit 2; }
+	SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} \
+		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"
+
 # ---------------------------------------------------------------- on AWS (README "On AWS")
 # Settings: AWS_PROFILE, AWS_REGION, ROLE_ARN, BUCKET (and S3_PREFIX), as variables
 # (make tune ROLE_ARN=... BUCKET=...), environment variables, or launch.toml (launch.example.toml).
