@@ -9,7 +9,7 @@ import botocore.validate
 import pytest
 from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
 
-from classifier import metrics
+from classifier import artifact, metrics
 from scripts import images, jobs, train_job
 from scripts.aws_config import AwsContext, LaunchConfig, LaunchError
 
@@ -109,6 +109,20 @@ def test_metric_regexes_in_the_request_read_the_trainers_lines():
     read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in definitions}
     assert read == {"train:loss": [0.75], "train:accuracy": [0.5], "validation:loss": [0.625],
                     "validation:accuracy": [0.5625], "test:loss": [0.5], "test:accuracy": [0.875]}
+
+
+def test_the_requests_metric_regexes_read_the_real_training_log(trained_run, trained_run_log):
+    """The shared training run's own log, read as SageMaker reads it, gives its metrics.json figures."""
+    report = json.loads((trained_run / "model" / artifact.METRICS_FILE).read_text())
+    definitions = train_job.training_job_request(spec())["AlgorithmSpecification"]["MetricDefinitions"]
+    read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], trained_run_log)] for d in definitions}
+    epochs = report["epochs"]
+    assert len(epochs) >= 1
+    for name, field in (("train:loss", "train_loss"), ("train:accuracy", "train_accuracy"),
+                        ("validation:loss", "valid_loss"), ("validation:accuracy", "valid_accuracy")):
+        assert read[name] == pytest.approx([epoch[field] for epoch in epochs], abs=1e-6), name
+    assert read["test:loss"] == pytest.approx([report["test"]["test_loss"]], abs=1e-6)
+    assert read["test:accuracy"] == pytest.approx([report["test"]["test_accuracy"]], abs=1e-6)
 
 
 def test_output_locations_follow_sagemakers_layout():
