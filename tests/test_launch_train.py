@@ -80,6 +80,48 @@ def test_request_has_the_rules_their_collections_and_the_regions_rule_image(regi
     assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # smdebug 1.0.34 on current numpy/protobuf
+def test_the_hook_config_makes_the_trainers_hook_save_what_each_rule_reads(tmp_path):
+    """SageMaker hands our DebugHookConfig to the container as JSON; the trainer's hook follows it."""
+    import torch
+    import torchvision
+    from smdebug import modes
+    from smdebug.trials import create_trial
+
+    from classifier.debugger import Debugger
+
+    config = train_job.training_job_request(spec(debugger_save_interval=2))["DebugHookConfig"]
+    config_file = tmp_path / "debughookconfig.json"
+    config_file.write_text(json.dumps({**config, "LocalPath": str(tmp_path / "tensors")}))
+    debugger = Debugger.create(config_file, tmp_path / "local-default", save_interval=1000)
+    model, criterion = torchvision.models.resnet18(num_classes=3), torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    debugger.watch(model, criterion)
+    debugger.train()
+    for _ in range(3):  # steps 0 and 2 are saved
+
+        optimizer.zero_grad()
+        criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+        optimizer.step()
+    debugger.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([2, 0]))
+    debugger.close()
+
+    trial = create_trial(str(tmp_path / "tensors"))
+    for rule, collection in RULE_COLLECTIONS.items():
+        names = trial.tensor_names(collection=collection)
+        assert names, f"{rule} reads {collection}, which holds no tensors"
+        assert trial.tensor(names[0]).steps(mode=modes.TRAIN) == [0, 2], collection
+    relu_inputs = trial.tensor_names(collection="relu_input")
+    assert all(name.endswith(("relu_input_0", "relu_input_1")) for name in relu_inputs)
+    loss = trial.tensor(trial.tensor_names(collection="losses")[0])
+    assert loss.steps(mode=modes.EVAL) == [0, 1, 2]  # every validation step, for Overfit
+    for collection in ("gradients", "weights", "biases"):
+        assert trial.tensor(trial.tensor_names(collection=collection)[0]).steps(mode=modes.EVAL) == []
+
+
 def test_request_has_image_hyperparameters_data_spot_and_checkpoints():
     request = train_job.training_job_request(spec())
     assert request["AlgorithmSpecification"]["TrainingImage"] == IMAGE
