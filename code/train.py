@@ -60,6 +60,10 @@ class TrainingStopped(Exception):
 
 
 def parse_hyperparameters(argv: list[str] | None = None) -> argparse.Namespace:
+    """The hyperparameters from the command line, or from ``SM_HPS`` when there is none."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # started without the toolkit's arguments: the job's values are in SM_HPS too
+        argv = [f"--{name}={value}" for name, value in sagemaker_env.hyperparameters().items()]
     parser = build_parser()
 
     def reject(message: str) -> NoReturn:
@@ -170,6 +174,7 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> None:
+    """The whole job: data, model, training loop, test, artifact."""
     stop = StopSignal().install()
     export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
     seed_everything(args.seed)

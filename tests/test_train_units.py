@@ -89,6 +89,13 @@ def test_bad_hyperparameters_become_a_training_error():
         train.parse_hyperparameters(["--learning_rate", "0.1"])
 
 
+def test_hyperparameters_come_from_sm_hps_without_arguments(monkeypatch):
+    monkeypatch.setenv("SM_HPS", json.dumps({"epochs": 3, "pretrained": False, "model-name": "resnet18"}))
+    args = train.parse_hyperparameters([])
+    assert (args.epochs, args.pretrained, args.model_name) == (3, False, "resnet18")
+    assert train.parse_hyperparameters(["--epochs", "5"]).epochs == 5  # arguments, when given, win
+
+
 def test_without_smdebug_training_goes_on_after_one_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.setitem(sys.modules, "smdebug", None)  # makes `import smdebug...` raise ImportError
     monkeypatch.setitem(sys.modules, "smdebug.pytorch", None)
