@@ -176,10 +176,10 @@ other) times those steps, plus the measured extra time of the save steps.
 
 {hook_table}
 
-A save step costs the extra seconds in the last column whatever the step's length, so with
-a faster step (a GPU) the overhead grows to about
-`extra seconds per save / (debugger-save-interval x seconds per step)`: raise the interval
-in proportion to keep it under 10%.
+The extra times hardly depend on the step's length (Python hooks, copying and writing the
+tensors), so with a faster step (a GPU) the overhead grows to about
+`extra per step / step + extra per save / (debugger-save-interval x step)`: raise the
+interval in proportion to keep the second term small.
 
 ## Data loading against model steps
 
