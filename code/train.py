@@ -157,7 +157,8 @@ def evaluate(
     model.eval()
     tally = Tally(device)
     for images, targets in loader:
-        tally.add(*forward(model, criterion, images, targets, device))
+        outputs, loss, targets = forward(model, criterion, images, targets, device)
+        tally.add(loss, outputs, targets)
     return tally.result()
 
 
