@@ -99,13 +99,11 @@ invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=ht
 .PHONY: teardown
 teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
 	scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
+
 # ---------------------------------------------------------------- training (code/train.py)
-DATA ?=
-OUT ?=
-HP ?=
 .PHONY: train-local
 train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"'; exit 2; }
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
 	$(TRAIN_PY) -m scripts.train_local --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: bench-train
