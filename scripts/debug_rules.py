@@ -5,7 +5,8 @@ The module depends on smdebug and numpy only, on purpose: the very same file is
 - uploaded to S3 and evaluated by SageMaker's custom rule evaluator next to a training job
   (``scripts/custom_rules.py`` builds those ``DebugRuleConfigurations``).
 
-SageMaker passes rule parameters as strings, so every constructor converts its own.
+SageMaker passes rule parameters as strings, so every constructor converts its own. The
+evaluator may load the file without registering it as a module, so no dataclasses here.
 Each rule records what it saw in smdebug's ``Rule.report`` dict (``RuleTriggered``,
 ``Violations``, ``Datapoints``, ``Details``) and carries the advice its finding implies.
 """
@@ -13,7 +14,7 @@ Each rule records what it saw in smdebug's ``Rule.report`` dict (``RuleTriggered
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from smdebug.core.modes import ModeKeys
@@ -104,6 +105,8 @@ class LossNotDecreasing(_ProjectRule):
                  min_decrease_percent: float | str = 10.0, patience: int | str = 10, action_str: str = ""):
         super().__init__(base_trial, action_str, mode=mode, window=window,
                          min_decrease_percent=min_decrease_percent, patience=patience)
+        if str(mode).upper() not in ModeKeys.__members__:
+            raise ValueError(f"mode must be one of {', '.join(ModeKeys.__members__)}, got {mode!r}")
         self.mode = ModeKeys[str(mode).upper()]
         self.window = int(window)
         self.min_decrease = float(min_decrease_percent) / 100.0
@@ -328,8 +331,7 @@ RULES: tuple[type[_ProjectRule], ...] = (
 
 
 # ---------------------------------------------------------------- running them locally
-@dataclass(frozen=True)
-class RuleOutcome:
+class RuleOutcome(NamedTuple):
     """What one rule found on one trial."""
 
     rule: str
