@@ -59,3 +59,10 @@ test: setup ## run the whole test suite (Docker tests included)
 .PHONY: lint
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
+
+# ---------------------------------------------------------------- debugging report
+REPORT ?= report.html
+.PHONY: report
+report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=report.html]
+	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION))
