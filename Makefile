@@ -65,4 +65,4 @@ REPORT ?= report.html
 .PHONY: report
 report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=report.html]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
-	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION))
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION)) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))

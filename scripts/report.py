@@ -35,6 +35,7 @@ BUILT_IN_RULE_ADVICE = {
     "MaxInitializationTime": "Slow start: install packages in the image, use FastFile input mode.",
     "ProfilerReport": "See the profiler report below.",
 }
+DEFAULT_TENSORS_CACHE = Path.home() / ".cache" / "sagemaker-classifier" / "debug-output"
 RULE_ADVICE = {rule.__name__: rule.ADVICE for rule in debug_rules.RULES} | BUILT_IN_RULE_ADVICE
 
 
@@ -117,13 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--job", help="the name of a SageMaker training job")
     parser.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file to write")
     parser.add_argument("--region", help="AWS region of the job (default: your AWS configuration)")
+    parser.add_argument("--tensors-cache", type=Path, default=DEFAULT_TENSORS_CACHE,
+                        help="where a job's Debugger output is mirrored before it is read")
     args = parser.parse_args(argv)
 
     try:
         if args.run is not None:
             evidence = load_local_run(args.run)
         else:
-            evidence = load_training_job(args.job, *_aws_clients(args.region))
+            clients = _aws_clients(args.region)
+            evidence = load_training_job(args.job, *clients, tensors_cache=args.tensors_cache)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"report: {error}") from error
     report = write_report(evidence, args.out)

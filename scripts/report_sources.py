@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -133,8 +134,15 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def load_training_job(job_name: str, sagemaker_client, s3_client) -> RunEvidence:
-    """What a SageMaker training job left: its description, metrics, tensors, resources and rules."""
+def load_training_job(
+    job_name: str, sagemaker_client, s3_client, tensors_cache: str | Path | None = None
+) -> RunEvidence:
+    """What a SageMaker training job left: its description, metrics, tensors, resources and rules.
+
+    With ``tensors_cache``, the Debugger output is first mirrored to ``<tensors_cache>/<job>``
+    (in parallel, files already there are kept) and read as a local trial; without it, the
+    trial reads S3 directly, which costs two requests per tensor value and step.
+    """
     job = sagemaker_client.describe_training_job(TrainingJobName=job_name)
     evidence = RunEvidence(
         name=job_name,
@@ -159,10 +167,13 @@ def load_training_job(job_name: str, sagemaker_client, s3_client) -> RunEvidence
     if hook_path:
         tensors_uri = s3_join(hook_path, job_name, "debug-output")
         evidence.tensors_location = tensors_uri
-        if _s3_prefix_exists(s3_client, tensors_uri):
+        if not _s3_prefix_exists(s3_client, tensors_uri):
+            evidence.notes.append(f"no Debugger output at {tensors_uri}")
+        elif tensors_cache is None:
             evidence.trial = create_trial(tensors_uri)
         else:
-            evidence.notes.append(f"no Debugger output at {tensors_uri}")
+            local = mirror_s3_prefix(s3_client, tensors_uri, Path(tensors_cache) / job_name)
+            evidence.trial = create_trial(str(local))
     else:
         evidence.notes.append("the job has no DebugHookConfig: no tensors to plot or check")
 
@@ -174,6 +185,30 @@ def load_training_job(job_name: str, sagemaker_client, s3_client) -> RunEvidence
 
     _find_profiler_report(s3_client, job, output_path, evidence)
     return evidence
+
+
+def mirror_s3_prefix(s3_client, uri: str, target: Path, workers: int = 8) -> Path:
+    """Downloads every object under ``uri`` into ``target`` (same relative paths); returns ``target``.
+
+    Objects already there with the same size are not fetched again, so a second report is quick.
+    """
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.rstrip("/") + "/"
+    wanted = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            local = target / item["Key"][len(prefix):]
+            if not (local.is_file() and local.stat().st_size == item["Size"]):
+                wanted.append((item["Key"], local))
+
+    def fetch(key_and_path: tuple[str, Path]) -> None:
+        key, local = key_and_path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        s3_client.download_file(bucket, key, str(local))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fetch, wanted))
+    return target
 
 
 def _tar_member_text(s3_client, tar_uri: str, member_name: str, notes: list[str]) -> str | None:

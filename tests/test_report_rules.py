@@ -10,7 +10,7 @@ import pytest
 from report_helpers import SCENARIOS, hooked_run
 from smdebug.trials import create_trial
 
-from scripts import debug_rules
+from scripts import custom_rules, debug_rules
 
 ALL_RULES = {rule.__name__ for rule in debug_rules.RULES}
 
@@ -105,3 +105,21 @@ def test_the_rules_file_stands_alone_for_the_sagemaker_rule_evaluator(runs, tmp_
     )
     assert result.returncode == 0, result.stderr
     assert "condition met" in result.stdout
+
+
+def test_rule_configurations_name_the_regions_image_and_reject_what_sagemaker_would():
+    source = "s3://bucket/rules/debug_rules.py"
+    [entry] = custom_rules.debug_rule_configurations(source, "cn-north-1", rules=("Overfit",))
+    assert entry["RuleEvaluatorImage"] == (
+        "617202126805.dkr.ecr.cn-north-1.amazonaws.com.cn/sagemaker-debugger-rule-evaluator:latest"
+    )
+    assert entry["RuleParameters"] == {"source_s3_uri": source, "rule_to_invoke": "Overfit"}
+    with pytest.raises(ValueError, match="region 'mars-1'"):
+        custom_rules.debug_rule_configurations(source, "mars-1")
+    [own_image] = custom_rules.debug_rule_configurations(source, "mars-1", ("Overfit",), image_uri="my/image")
+    assert own_image["RuleEvaluatorImage"] == "my/image"
+    with pytest.raises(ValueError, match=r"unknown rules \['Overtrain'\]"):
+        custom_rules.debug_rule_configurations(source, "us-east-1", rule_parameters={"Overtrain": {}})
+    with pytest.raises(ValueError, match=r"s3:// URI of a \.py file"):
+        custom_rules.debug_rule_configurations("rules/debug_rules.py", "us-east-1")
+    assert custom_rules.rules_source_uri("s3://bucket/rules") == source
