@@ -61,6 +61,12 @@ def layer_name(tensor_name: str) -> str:
 
 
 # ---------------------------------------------------------------- rules
+def _listing(named_values: list[tuple[str, float]], shown: int = 5) -> str:
+    """``a (1e-09), b (2e-09) and 3 more``: the first few offenders of a finding."""
+    listed = ", ".join(f"{name} ({value:.3g})" for name, value in named_values[:shown])
+    return listed + (f" and {len(named_values) - shown} more" if len(named_values) > shown else "")
+
+
 class _ProjectRule(Rule):
     """A custom rule that explains itself: what it checks, and what to do when it fires."""
 
@@ -258,11 +264,9 @@ class VanishingGradient(_ProjectRule):
         ]
         if not vanished:
             return False
-        shown = ", ".join(f"{name} ({value:.2g})" for name, value in vanished[:5])
-        more = f" and {len(vanished) - 5} more" if len(vanished) > 5 else ""
         return self._violation(step, (
             f"{len(vanished)} of {len(gradients)} parameters get a mean |gradient| below {self.threshold:g} "
-            f"while the largest gets {largest:.2g}: {shown}{more}"
+            f"while the largest gets {largest:.2g}: {_listing(vanished)}"
         ))
 
     def enough_data(self) -> bool:
@@ -314,11 +318,9 @@ class PoorWeightInitialization(_ProjectRule):
         self._saw_datapoint()
         if not badly_scaled:
             return False
-        shown = ", ".join(f"{name} ({value:.3g})" for name, value in badly_scaled[:5])
-        more = f" and {len(badly_scaled) - 5} more" if len(badly_scaled) > 5 else ""
         return self._violation(step, (
             f"{len(badly_scaled)} of {seen} weight tensors have std x sqrt(fan-in) outside "
-            f"[{self.low:g}, {self.high:g}]: {shown}{more}"
+            f"[{self.low:g}, {self.high:g}]: {_listing(badly_scaled)}"
         ))
 
     def enough_data(self) -> bool:

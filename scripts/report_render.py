@@ -42,13 +42,16 @@ def _escape(value: object) -> str:
     return html.escape(str(value))
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[object, ...]], css_class: str = "") -> str:
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    """A table of already-escaped cells."""
     head = "".join(f"<th>{_escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _number(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{_escape(key)}: {_number(item)}" for key, item in value.items())
     return f"{value:.4g}" if isinstance(value, float) else _escape(value)
 
 
@@ -138,7 +141,7 @@ def _metrics_html(evidence) -> str:
         parts.append(_table(tuple(metrics["test"]), [tuple(_number(v) for v in metrics["test"].values())]))
     extra = {key: metrics[key] for key in ("num_classes", "bad_images") if key in metrics}
     if extra:
-        parts.append(_table(("", "value"), [(_escape(k), _escape(v)) for k, v in extra.items()]))
+        parts.append(_table(("", "value"), [(_escape(k), _number(v)) for k, v in extra.items()]))
     if evidence.final_metrics:
         parts.append("<h3>Final metrics (SageMaker)</h3>")
         rows = [(_escape(name), _number(value)) for name, value in evidence.final_metrics.items()]
