@@ -107,8 +107,8 @@ class LossNotDecreasing(_ProjectRule):
         "and that inputs are normalised as the model expects."
     )
 
-    def __init__(self, base_trial, mode: str = "TRAIN", window: int | str = 10,
-                 min_decrease_percent: float | str = 10.0, patience: int | str = 10, action_str: str = ""):
+    def __init__(self, base_trial, mode: str = "TRAIN", window: int | str = 5,
+                 min_decrease_percent: float | str = 10.0, patience: int | str = 5, action_str: str = ""):
         super().__init__(base_trial, action_str, mode=mode, window=window,
                          min_decrease_percent=min_decrease_percent, patience=patience)
         if str(mode).upper() not in ModeKeys.__members__:

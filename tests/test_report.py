@@ -108,8 +108,9 @@ def test_resource_plot_and_table_show_the_samples_the_run_took(healthy_report, h
     built, path = healthy_report
     samples = [json.loads(line) for line in (healthy_run / RESOURCES_PATH).read_text().splitlines()]
     lines = drawn_lines(built.plot("resources"))
-    assert set(lines) == {"CPU", "memory"}  # no GPU here: no GPU line
-    np.testing.assert_allclose(lines["CPU"], [(s["elapsed_s"], s["cpu_percent"]) for s in samples])
+    cpu = "CPU (100 per core)"
+    assert set(lines) == {cpu, "memory"}  # no GPU here: no GPU line
+    np.testing.assert_allclose(lines[cpu], [(s["elapsed_s"], s["cpu_percent"]) for s in samples])
     np.testing.assert_allclose(lines["memory"], [(s["elapsed_s"], s["memory_percent"]) for s in samples])
     peak_memory_mb = max(s["memory_used_mb"] for s in samples)
     assert f"<td>memory_used_mb</td><td>{np.mean([s['memory_used_mb'] for s in samples]):.1f}</td>" \
