@@ -60,6 +60,46 @@ test: setup ## run the whole test suite (Docker tests included)
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
 
+# ---------------------------------------------------------------- serving
+.PHONY: serve-local
+serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model server: MODEL=<folder> [PORT=8080]
+	@test -d "$(MODEL)" || { echo "usage: make serve-local MODEL=<artifact folder (model.pt2, classes.json, ...)> [PORT=8080]" >&2; exit 2; }
+	SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} \
+		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"
+
+# ---------------------------------------------------------------- on AWS (README "On AWS")
+# Settings: AWS_PROFILE, AWS_REGION, ROLE_ARN, BUCKET (and S3_PREFIX), as variables
+# (make tune ROLE_ARN=... BUCKET=...), environment variables, or launch.toml (launch.example.toml).
+# Every launcher checks them, the credentials, the image and the data before it creates anything.
+ENDPOINT ?= sagemaker-classifier
+HP_FILE ?= $(wildcard runs/aws/best-hyperparameters.json)
+
+.PHONY: upload-data
+upload-data: $(DEV_ENV) ## put dogImages in S3: downloaded, or DATA=<ImageFolder folder or .zip>; resumable
+	$(DEV_PY) -m scripts.upload_data $(if $(DATA),--data "$(DATA)",--download)
+
+.PHONY: tune
+tune: $(DEV_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --max-jobs 12 --no-wait", HP= static
+	$(DEV_PY) -m scripts.tune $(TUNE_ARGS) -- $(HP)
+
+.PHONY: train
+train: $(DEV_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=
+	$(DEV_PY) -m scripts.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(TRAIN_ARGS) -- $(HP)
+
+.PHONY: deploy
+deploy: $(DEV_ENV) ## create or update ENDPOINT from the last `make train` (or TRAINING_JOB=, MODEL_DATA=s3://, MODEL=<tar.gz>)
+	scripts/deploy.sh deploy --endpoint "$(ENDPOINT)" $(if $(TRAINING_JOB),--training-job "$(TRAINING_JOB)") \
+		$(if $(MODEL_DATA),--model-data "$(MODEL_DATA)") $(if $(MODEL),--model-tar "$(MODEL)") $(DEPLOY_ARGS)
+
+.PHONY: invoke
+invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=http://127.0.0.1:8080), K=5
+	@test -n "$(IMAGE)" || { echo "usage: make invoke IMAGE=<image file> [ENDPOINT=... | URL=...] [K=3]"; exit 2; }
+	$(DEV_PY) -m scripts.invoke "$(IMAGE)" $(if $(URL),--url "$(URL)",--endpoint "$(ENDPOINT)") $(if $(K),--k $(K))
+
+.PHONY: teardown
+teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
+	scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
+
 # ---------------------------------------------------------------- debugging report
 REPORT ?= report.html
 .PHONY: report

@@ -20,6 +20,7 @@ SERVING_CODE_FILES = (
     "classifier/__init__.py",
     "classifier/artifact.py",
     "classifier/preprocessing.py",
+    "classifier/protocol.py",
 )
 
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, PREPROCESS_FILE, METRICS_FILE, f"{CODE_DIR}/inference.py")

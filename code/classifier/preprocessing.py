@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -77,9 +78,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Opens an image file and decodes it fully to RGB (errors surface here, not later)."""
-    with Image.open(path) as image:
+def load_image(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Opens an image (a path or a binary file object) and decodes it fully to RGB.
+
+    Errors surface here, not later. With ``max_pixels``, a larger image is refused from its
+    header, before it is decoded (a decompression bomb), with ``Image.DecompressionBombError``.
+    """
+    with Image.open(source) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"image of {image.width}x{image.height} = {image.width * image.height} pixels "
+                f"exceeds the limit of {max_pixels} pixels"
+            )
         image.load()
         return to_rgb(image)
 
