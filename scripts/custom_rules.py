@@ -3,12 +3,15 @@
 SageMaker evaluates custom rules in its rule evaluator image, next to the training job:
 the rule source is a Python file in S3 and each ``DebugRuleConfigurations`` entry names
 the class to invoke. The functions here build those request parts (pure) and upload the
-source (the one edge that talks to AWS). Pass them to ``create_training_job``::
+source (the one edge that talks to AWS). Added to a request from ``scripts.train_job``::
 
     source = upload_rules_source(s3, "s3://my-bucket/debug-rules/")
-    create_training_job(..., DebugHookConfig={"S3OutputPath": ..., "CollectionConfigurations":
-                        collection_configurations()},
-                        DebugRuleConfigurations=debug_rule_configurations(source, region))
+    request["DebugRuleConfigurations"] += debug_rule_configurations(source, region)
+    hook = request["DebugHookConfig"]
+    hook["CollectionConfigurations"] = losses_every_step(hook["CollectionConfigurations"])
+
+Their configuration names carry a prefix (``CustomOverfit``): SageMaker's built-in rules
+already use the plain names, and a job's rule names must be unique.
 """
 
 from __future__ import annotations
@@ -49,9 +52,7 @@ RULE_EVALUATOR_ACCOUNTS = {
 }
 RULE_INSTANCE_TYPE = "ml.t3.medium"
 RULE_VOLUME_SIZE_GB = 30
-# Losses are scalars, cheap to save at every step, and the loss rules need a sequence of them;
-# weights and gradients are whole tensors, saved every ``save_interval`` steps.
-LOSSES_SAVE_INTERVAL = 1
+CONFIGURATION_PREFIX = "Custom"
 
 
 def rule_evaluator_image(region: str) -> str:
@@ -87,7 +88,7 @@ def debug_rule_configurations(
     image = image_uri or rule_evaluator_image(region)
     return [
         {
-            "RuleConfigurationName": name,
+            "RuleConfigurationName": CONFIGURATION_PREFIX + name,
             "RuleEvaluatorImage": image,
             "InstanceType": instance_type,
             "VolumeSizeInGB": volume_size_in_gb,
@@ -101,15 +102,22 @@ def debug_rule_configurations(
     ]
 
 
-def collection_configurations(save_interval: int = 100) -> list[dict]:
-    """``DebugHookConfig.CollectionConfigurations`` saving what the rules and the report read."""
-    every = {"save_interval": str(save_interval)}
-    return [
-        {"CollectionName": "losses", "CollectionParameters": {"save_interval": str(LOSSES_SAVE_INTERVAL)}},
-        {"CollectionName": "weights", "CollectionParameters": every},
-        {"CollectionName": "biases", "CollectionParameters": every},
-        {"CollectionName": "gradients", "CollectionParameters": every},
+def losses_every_step(collection_configurations: list[dict]) -> list[dict]:
+    """The hook's collections with the training loss saved at every step, as the loss rules need.
+
+    Losses are scalars, so this costs nothing; weights and gradients keep their interval.
+    """
+    configured = [
+        {"CollectionName": entry["CollectionName"],
+         "CollectionParameters": dict(entry.get("CollectionParameters", {}))}
+        for entry in collection_configurations
     ]
+    losses = next((c for c in configured if c["CollectionName"] == "losses"), None)
+    if losses is None:
+        losses = {"CollectionName": "losses", "CollectionParameters": {}}
+        configured.append(losses)
+    losses["CollectionParameters"]["save_interval"] = "1"
+    return configured
 
 
 def rules_source_uri(s3_prefix_or_uri: str) -> str:

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts import debug_rules, report_data, report_render
+from scripts import custom_rules, debug_rules, report_data, report_render
 from scripts.report_sources import RunEvidence, load_local_run, load_training_job
 
 # What to do when one of SageMaker's built-in rules finds an issue (ours carry their own advice).
@@ -40,9 +40,10 @@ RULE_ADVICE = {rule.__name__: rule.ADVICE for rule in debug_rules.RULES} | BUILT
 
 
 def advice_for(rule_configuration_name: str) -> str:
-    """Advice for a rule named like ``Overfit`` or ``ProfilerReport-1700000000`` (built-in or ours)."""
-    for name, advice in RULE_ADVICE.items():
-        if rule_configuration_name == name or rule_configuration_name.startswith(name + "-"):
+    """Advice for a rule named like ``Overfit``, ``CustomOverfit`` or ``ProfilerReport-1700000000``."""
+    name = rule_configuration_name.removeprefix(custom_rules.CONFIGURATION_PREFIX)
+    for known, advice in RULE_ADVICE.items():
+        if name == known or name.startswith(known + "-"):
             return advice
     return ""
 

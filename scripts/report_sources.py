@@ -5,7 +5,8 @@ A local run's OUT folder is laid out like /opt/ml after a job (``scripts/opt_ml.
 ``output/data/resource_usage.jsonl``. A SageMaker job keeps the same things in S3: the
 model artifact (``model.tar.gz`` holds ``metrics.json``), ``output.tar.gz`` (holds
 ``output/data``), the Debugger tensors under ``<DebugHookConfig.S3OutputPath>/<job>/debug-output``
-and the rule outputs (the ProfilerReport's HTML) under ``<output path>/<job>/rule-output``.
+(or the hook path itself, when it holds the tensors) and the rule outputs (the ProfilerReport's
+HTML) under ``<output path>/<job>/rule-output``.
 Whatever is missing becomes a note in the report rather than an error.
 """
 
@@ -165,10 +166,13 @@ def load_training_job(
 
     hook_path = job.get("DebugHookConfig", {}).get("S3OutputPath")
     if hook_path:
-        tensors_uri = s3_join(hook_path, job_name, "debug-output")
-        evidence.tensors_location = tensors_uri
-        if not _s3_prefix_exists(s3_client, tensors_uri):
-            evidence.notes.append(f"no Debugger output at {tensors_uri}")
+        # SageMaker writes under <S3OutputPath>/<job>/debug-output; a hook path that already
+        # names the job's own folder is read as it is.
+        candidates = [s3_join(hook_path, job_name, "debug-output"), hook_path]
+        tensors_uri = next((uri for uri in candidates if _holds_tensors(s3_client, uri)), None)
+        evidence.tensors_location = tensors_uri or candidates[0]
+        if tensors_uri is None:
+            evidence.notes.append(f"no Debugger output at {' or '.join(candidates)}")
         elif tensors_cache is None:
             evidence.trial = create_trial(tensors_uri)
         else:
@@ -227,9 +231,10 @@ def _tar_member_text(s3_client, tar_uri: str, member_name: str, notes: list[str]
     return None
 
 
-def _s3_prefix_exists(s3_client, uri: str) -> bool:
+def _holds_tensors(s3_client, uri: str) -> bool:
+    """Whether smdebug output lies directly under ``uri`` (its ``index/`` folder)."""
     bucket, prefix = split_s3_uri(uri)
-    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1)
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/index/", MaxKeys=1)
     return listing["KeyCount"] > 0
 
 

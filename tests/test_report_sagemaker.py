@@ -1,21 +1,18 @@
 """The report of a SageMaker training job, against a moto server standing in for AWS.
 
-A real local run's evidence is put where SageMaker keeps it (tensors under the
-DebugHookConfig path, model.tar.gz, output.tar.gz, the ProfilerReport under rule-output),
-the job is created with our custom-rule configurations, and the report reads it all back
-through boto3 and smdebug's S3 trial. moto does not answer the rule evaluation statuses,
-so those alone are added to DescribeTrainingJob's answer, at the AWS boundary.
+The job is created from the launcher's own request (``scripts.train_job``) with our custom
+rules added; a real local run's evidence is put where SageMaker keeps it (tensors under the
+DebugHookConfig path, model.tar.gz, output.tar.gz, the ProfilerReport under rule-output).
+The report reads it all back through boto3 and smdebug. moto does not answer the rule
+evaluation statuses, so those alone are added to DescribeTrainingJob's answer, at the AWS boundary.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import socket
 import subprocess
 import tarfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,58 +21,37 @@ import numpy as np
 import pytest
 from report_helpers import SCENARIOS, hooked_run
 
-from scripts import custom_rules, debug_rules, report
+from scripts import custom_rules, debug_rules, report, train_job
 from scripts.debug_rules import loss_at
 from scripts.report_data import loss_plot
-from scripts.report_sources import RESOURCES_PATH, load_local_run, load_training_job
+from scripts.report_sources import RESOURCES_PATH, load_local_run, load_training_job, s3_join
+
+pytest_plugins = ["launch_fixtures"]  # the session's moto server (moto_url)
 
 REGION = "us-east-1"
 BUCKET = "report-test-bucket"
-OUTPUT_PATH = f"s3://{BUCKET}/jobs"
-DEBUG_PATH = f"s3://{BUCKET}/debugger"
+OUTPUT_PATH = f"s3://{BUCKET}/training"
+JOB = "classifier-train-report-test"
 PROFILER_MARKER = "<h1>Profiler report of the fake job</h1>"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory):
-    """A moto server and the environment that points boto3 (and smdebug's S3 reader) at it."""
-    port = _free_port()
-    moto_server = Path(os.environ.get("VIRTUAL_ENV", ".venv/dev")) / "bin" / "moto_server"
-    if not moto_server.exists():
-        moto_server = Path(".venv/dev/bin/moto_server")
-    server = subprocess.Popen([str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("moto server did not start")
-        empty_config = tmp_path_factory.mktemp("aws") / "config"
-        empty_config.write_text("")
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in {
-                "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
-                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_CONFIG_FILE": str(empty_config), "AWS_SHARED_CREDENTIALS_FILE": str(empty_config),
-            }.items():
-                patch.setenv(name, value)
-            patch.delenv("AWS_PROFILE", raising=False)
-            patch.delenv("AWS_SESSION_TOKEN", raising=False)
-            yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+def aws_env(moto_url, tmp_path_factory):
+    """A clean moto account and the environment that points boto3 (and smdebug's S3 reader) at it."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).close()
+    empty_config = tmp_path_factory.mktemp("aws") / "config"
+    empty_config.write_text("")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "AWS_ENDPOINT_URL": moto_url, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_CONFIG_FILE": str(empty_config), "AWS_SHARED_CREDENTIALS_FILE": str(empty_config),
+        }.items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        patch.delenv("AWS_SESSION_TOKEN", raising=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield moto_url
 
 
 def _tar_gz(files: dict[str, bytes]) -> bytes:
@@ -88,18 +64,23 @@ def _tar_gz(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _create_job(sagemaker, name: str, **debugger) -> None:
-    sagemaker.create_training_job(
-        TrainingJobName=name,
-        AlgorithmSpecification={"TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
-                                "TrainingInputMode": "File"},
-        RoleArn="arn:aws:iam::123456789012:role/SageMakerRole",
-        HyperParameters={"epochs": "3", "learning-rate": "0.1"},
-        OutputDataConfig={"S3OutputPath": OUTPUT_PATH},
-        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
-        StoppingCondition={"MaxRuntimeInSeconds": 3600},
-        **debugger,
+def _job_request(name: str, debugger: bool = True) -> dict:
+    """The launcher's CreateTrainingJob request for ``name``, with our custom rules added."""
+    spec = train_job.TrainingJobSpec(
+        job_name=name, image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
+        role_arn="arn:aws:iam::123456789012:role/SageMakerExecution", region=REGION,
+        data_uri=f"s3://{BUCKET}/data", output_uri=OUTPUT_PATH, checkpoint_uri=f"s3://{BUCKET}/checkpoints/{name}",
+        hyperparameters={"epochs": "3", "learning-rate": "0.1"}, debugger_save_interval=10,
+        debugger=debugger, profiler=debugger,
     )
+    return train_job.training_job_request(spec)
+
+
+def _upload_tensors(s3, tensors: Path, uri: str) -> None:
+    bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+    for path in tensors.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(tensors)}")
 
 
 @pytest.fixture(scope="module")
@@ -108,41 +89,33 @@ def local_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def job(aws, local_run):
+def job(aws_env, local_run):
     """A 'finished' training job whose S3 outputs are those of a real local run."""
-    name = "report-test-job"
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
-    tensors = local_run / "output" / "tensors"
-    for path in tensors.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), BUCKET, f"debugger/{name}/debug-output/{path.relative_to(tensors)}")
+    request = _job_request(JOB)
+    source = custom_rules.upload_rules_source(s3, f"s3://{BUCKET}/rules/")
+    request["DebugRuleConfigurations"] += custom_rules.debug_rule_configurations(
+        source, REGION, rule_parameters={"Overfit": {"min_rise_percent": 5}})
+    hook = request["DebugHookConfig"]
+    hook["CollectionConfigurations"] = custom_rules.losses_every_step(hook["CollectionConfigurations"])
+    boto3.client("sagemaker").create_training_job(**request)
+
+    # Where SageMaker writes: <hook S3OutputPath>/<job>/debug-output, <output>/<job>/output/...
+    _upload_tensors(s3, local_run / "output" / "tensors", s3_join(hook["S3OutputPath"], JOB, "debug-output"))
     model = {path.name: path.read_bytes() for path in (local_run / "model").iterdir()}
-    s3.put_object(Bucket=BUCKET, Key=f"jobs/{name}/output/model.tar.gz", Body=_tar_gz(model))
+    s3.put_object(Bucket=BUCKET, Key=f"training/{JOB}/output/model.tar.gz", Body=_tar_gz(model))
     resources = (local_run / RESOURCES_PATH).read_bytes()
-    s3.put_object(Bucket=BUCKET, Key=f"jobs/{name}/output/output.tar.gz",
+    s3.put_object(Bucket=BUCKET, Key=f"training/{JOB}/output/output.tar.gz",
                   Body=_tar_gz({"resource_usage.jsonl": resources}))
     s3.put_object(Bucket=BUCKET, Body=f"<html><body>{PROFILER_MARKER}</body></html>".encode(),
-                  Key=f"jobs/{name}/rule-output/ProfilerReport-1700000000/profiler-output/profiler-report.html")
-
-    source = custom_rules.upload_rules_source(s3, f"s3://{BUCKET}/rules/")
-    sagemaker = boto3.client("sagemaker")
-    _create_job(
-        sagemaker, name,
-        DebugHookConfig={
-            "S3OutputPath": DEBUG_PATH,
-            "CollectionConfigurations": custom_rules.collection_configurations(save_interval=10),
-        },
-        DebugRuleConfigurations=custom_rules.debug_rule_configurations(
-            source, REGION, rule_parameters={"Overfit": {"min_rise_percent": 5}}),
-    )
-    return name
+                  Key=f"training/{JOB}/rule-output/ProfilerReport/profiler-output/profiler-report.html")
+    return JOB
 
 
 def _with_rule_statuses(client):
     """Adds what moto leaves out of DescribeTrainingJob: SageMaker's verdict on each configured rule."""
     def verdict(name: str) -> dict:
-        found = name == "Overfit"
+        found = name in ("Overfit", "CustomOverfit")
         return {"RuleConfigurationName": name,
                 "RuleEvaluationStatus": "IssuesFound" if found else "NoIssuesFound",
                 "StatusDetails": "RuleEvaluationConditionMet" if found else ""}
@@ -152,23 +125,27 @@ def _with_rule_statuses(client):
             verdict(rule["RuleConfigurationName"]) for rule in parsed.get("DebugRuleConfigurations", [])
         ]
         parsed["ProfilerRuleEvaluationStatuses"] = [
-            {"RuleConfigurationName": "ProfilerReport-1700000000", "RuleEvaluationStatus": "NoIssuesFound"},
+            {"RuleConfigurationName": "ProfilerReport", "RuleEvaluationStatus": "NoIssuesFound"},
         ]
     client.meta.events.register("after-call.sagemaker.DescribeTrainingJob", add_statuses)
     return client
 
 
-def test_custom_rule_configurations_are_accepted_by_create_training_job(job):
+def test_custom_rules_go_beside_the_launchers_built_in_ones_in_create_training_job(job):
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job)
-    configurations = described["DebugRuleConfigurations"]
-    assert [c["RuleConfigurationName"] for c in configurations] == list(custom_rules.RULE_NAMES)
+    configurations = {c["RuleConfigurationName"]: c for c in described["DebugRuleConfigurations"]}
+    custom = {f"Custom{name}" for name in custom_rules.RULE_NAMES}
+    assert custom <= set(configurations) and "Overfit" in configurations  # built-in and ours, no clash
     image = "864354269164.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rule-evaluator:latest"
-    for configuration in configurations:
-        parameters = configuration["RuleParameters"]
-        assert configuration["RuleEvaluatorImage"] == image
-        assert parameters["rule_to_invoke"] == configuration["RuleConfigurationName"]
+    for name in custom:
+        parameters = configurations[name]["RuleParameters"]
+        assert configurations[name]["RuleEvaluatorImage"] == image
+        assert parameters["rule_to_invoke"] == name.removeprefix("Custom")
         assert parameters["source_s3_uri"] == f"s3://{BUCKET}/rules/debug_rules.py"
-    assert configurations[1]["RuleParameters"]["min_rise_percent"] == "5"
+    assert configurations["CustomOverfit"]["RuleParameters"]["min_rise_percent"] == "5"
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in described["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections["losses"]["save_interval"] == "1" and collections["weights"]["save_interval"] == "10"
     source = boto3.client("s3").get_object(Bucket=BUCKET, Key="rules/debug_rules.py")["Body"].read()
     assert source == Path(debug_rules.__file__).read_bytes()
 
@@ -180,9 +157,15 @@ def job_evidence(job, tmp_path_factory):
     return load_training_job(job, sagemaker, boto3.client("s3"), tensors_cache=cache)
 
 
+def _tensors_uri(job: str) -> str:
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job)
+    hook_path = described["DebugHookConfig"]["S3OutputPath"]
+    return s3_join(hook_path, job, "debug-output")
+
+
 def test_the_job_report_reads_tensors_metrics_and_resources_back_from_s3(job, job_evidence, local_run):
     evidence, local = job_evidence, load_local_run(local_run)
-    assert evidence.tensors_location == f"{DEBUG_PATH}/{job}/debug-output"
+    assert evidence.tensors_location == _tensors_uri(job)
     assert evidence.trial.steps() == local.trial.steps()
     s3_losses, local_losses = loss_plot(evidence.trial), loss_plot(local.trial)
     for s3_series, local_series in zip(s3_losses.series, local_losses.series, strict=True):
@@ -197,13 +180,24 @@ def test_the_job_report_reads_tensors_metrics_and_resources_back_from_s3(job, jo
 def test_a_trial_can_also_read_the_job_tensors_from_s3_directly(job, local_run):
     evidence = load_training_job(job, boto3.client("sagemaker"), boto3.client("s3"))
     local = load_local_run(local_run).trial
-    assert evidence.trial.path.rstrip("/") == f"{DEBUG_PATH}/{job}/debug-output"
+    assert evidence.trial.path.rstrip("/") == _tensors_uri(job)
     assert evidence.trial.steps() == local.steps()
     # Reading S3 directly costs two requests per value: a few steps show it reads the same numbers.
     assert [loss_at(evidence.trial, step) for step in range(5)] == [loss_at(local, step) for step in range(5)]
 
 
-def test_the_mirrored_tensors_are_not_fetched_twice(job, job_evidence, tmp_path):
+def test_tensors_written_at_the_hook_path_itself_are_found_too(aws_env, local_run, tmp_path):
+    name = "classifier-train-hook-path"
+    request = _job_request(name)
+    boto3.client("sagemaker").create_training_job(**request)
+    hook_path = request["DebugHookConfig"]["S3OutputPath"]
+    _upload_tensors(boto3.client("s3"), local_run / "output" / "tensors", hook_path)
+    evidence = load_training_job(name, boto3.client("sagemaker"), boto3.client("s3"), tensors_cache=tmp_path)
+    assert evidence.tensors_location == hook_path
+    assert evidence.trial.steps() == load_local_run(local_run).trial.steps()
+
+
+def test_the_mirrored_tensors_are_not_fetched_twice(job, job_evidence):
     cache = Path(job_evidence.trial.path).parent
     before = {path: path.stat().st_mtime_ns for path in cache.rglob("*") if path.is_file()}
     load_training_job(job, boto3.client("sagemaker"), boto3.client("s3"), tensors_cache=cache)
@@ -214,11 +208,12 @@ def test_the_job_report_shows_sagemakers_rule_verdicts_advice_and_the_profiler_r
     evidence = job_evidence
     built = report.build_report(evidence)
     rows = {row[0]: row for row in report.job_rule_rows(evidence.job_rule_statuses)}
-    assert rows["Overfit"][2:] == ("IssuesFound", "RuleEvaluationConditionMet", debug_rules.Overfit.ADVICE)
-    assert rows["VanishingGradient"][2:] == ("NoIssuesFound", "", "")
-    assert rows["ProfilerReport-1700000000"][1:3] == ("Profiler", "NoIssuesFound")
+    issue = ("IssuesFound", "RuleEvaluationConditionMet", debug_rules.Overfit.ADVICE)
+    assert rows["Overfit"][2:] == rows["CustomOverfit"][2:] == issue
+    assert rows["VanishingGradient"][2:] == rows["CustomVanishingGradient"][2:] == ("NoIssuesFound", "", "")
+    assert rows["ProfilerReport"][1:3] == ("Profiler", "NoIssuesFound")
     assert evidence.profiler_report_uri == (
-        f"{OUTPUT_PATH}/{job}/rule-output/ProfilerReport-1700000000/profiler-output/profiler-report.html"
+        f"{OUTPUT_PATH}/{job}/rule-output/ProfilerReport/profiler-output/profiler-report.html"
     )
     assert "&lt;h1&gt;Profiler report of the fake job&lt;/h1&gt;" in built.html  # embedded in an iframe
     assert [plot.key for plot in built.plots] == [
@@ -238,10 +233,10 @@ def test_make_report_job_writes_the_report_of_a_job(job, tmp_path):
     assert (tmp_path / "cache" / job / "training_job_end.ts").is_file()
 
 
-def test_a_job_without_debugger_output_or_artifacts_gets_a_report_saying_so(aws):
+def test_a_job_without_debugger_output_or_artifacts_gets_a_report_saying_so(aws_env):
     sagemaker = boto3.client("sagemaker")
-    _create_job(sagemaker, "bare-job")
-    evidence = load_training_job("bare-job", sagemaker, boto3.client("s3"))
+    sagemaker.create_training_job(**_job_request("classifier-train-bare", debugger=False))
+    evidence = load_training_job("classifier-train-bare", sagemaker, boto3.client("s3"))
     assert evidence.trial is None and evidence.metrics is None and evidence.resource_samples == []
     assert any("no DebugHookConfig" in note for note in evidence.notes)
     assert any("model.tar.gz not found" in note for note in evidence.notes)
