@@ -106,3 +106,15 @@ REPORT ?= report.html
 report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=report.html]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
 	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION)) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+# ---------------------------------------------------------------- training (code/train.py)
+DATA ?=
+OUT ?=
+HP ?=
+.PHONY: train-local
+train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"'; exit 2; }
+	$(TRAIN_PY) -m scripts.train_local --data "$(DATA)" --out "$(OUT)" $(HP)
+
+.PHONY: bench-train
+bench-train: $(TRAIN_ENV) ## training benchmark (smdebug hook cost, loader vs model step) -> benchmarks/train.md
+	$(TRAIN_PY) -m scripts.bench_train --out benchmarks/train.md

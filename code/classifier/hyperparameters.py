@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="make the run deterministic with this seed")
 
     debug = parser.add_argument_group("debugging")
+    debug.add_argument("--debugger", type=str_to_bool, default=True,
+                       help="run the local smdebug hook when SageMaker gives no Debugger config")
     debug.add_argument("--debugger-save-interval", type=_positive_int, default=100,
                        help="steps between saved tensors when no SageMaker Debugger config is given")
     debug.add_argument("--debugger-out-dir", default=None,

@@ -1,0 +1,322 @@
+"""Train a ResNet image classifier on ImageFolder data: the SageMaker training entry.
+
+The training toolkit runs ``python train.py --learning-rate 0.01 --epochs 10 ...`` (the job's
+hyperparameters, names in ``classifier/hyperparameters.py``) with the container contract in
+``SM_*`` variables: input channels, model folder, GPUs and CPUs. This script then
+
+1. reads and checks the data (``classifier.data``),
+2. builds the network (``classifier.models``) and the optimizer and schedule,
+3. trains, validating every epoch, with the smdebug hook watching, a checkpoint after every
+   epoch, the best weights by validation loss kept and early stopping,
+4. evaluates the best weights on the test split,
+5. writes the artifact for the serving image (``classifier.export``).
+
+Metric lines (``classifier.metrics``) go to stdout, where SageMaker's metric regexes read them.
+Every failure leaves its reason in ``output/failure`` and a non-zero exit status; SIGTERM
+(StopTrainingJob, spot interruption) saves a checkpoint first, and the next run resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from classifier import checkpoints, export, models, optimization, sagemaker_env
+from classifier.checkpoints import StopSignal
+from classifier.data import build_loaders, load_splits
+from classifier.debugger import Debugger
+from classifier.errors import TrainingError
+from classifier.hyperparameters import build_parser
+from classifier.metrics import format_epoch_line, format_test_line
+from classifier.resources import RESOURCE_USAGE_FILE, ResourceSampler
+
+logger = logging.getLogger("train")
+
+CODE_DIR = Path(__file__).resolve().parent
+
+
+class TrainingStopped(Exception):
+    """SIGTERM or SIGINT arrived: a checkpoint is saved and the run ends without an artifact."""
+
+    def __init__(self, signum: signal.Signals, when: str, checkpoint: Path, resume_epoch: int):
+        super().__init__(
+            f"stopped by {signum.name} {when}; checkpoint saved to {checkpoint}; "
+            f"a new run with the same checkpoints resumes at epoch {resume_epoch}"
+        )
+        self.signum = signum
+
+
+def parse_hyperparameters(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+
+    def reject(message: str) -> NoReturn:
+        raise TrainingError(f"invalid hyperparameters: {message}")
+
+    parser.error = reject  # report through output/failure rather than argparse's exit(2)
+    return parser.parse_args(argv)
+
+
+def seed_everything(seed: int | None) -> None:
+    """With a seed, the run repeats exactly (deterministic kernels); without, it runs fastest."""
+    if seed is None:
+        torch.backends.cudnn.benchmark = True
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every device
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def select_device() -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if sagemaker_env.num_gpus() > 1:
+        logger.warning("%d GPUs found; this trainer uses one", sagemaker_env.num_gpus())
+    return torch.device("cuda")
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    stop: StopSignal,
+) -> tuple[float, float]:
+    """One pass over the training data: (mean loss, accuracy). Ends early when a stop is requested."""
+    model.train()
+    use_amp = device.type == "cuda"
+    memory_format = torch.channels_last if use_amp else torch.contiguous_format
+    # Sums stay on the device: no synchronisation per step.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            outputs = model(images)
+            loss = criterion(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().float() * targets.size(0)
+        correct += (outputs.argmax(dim=1) == targets).sum()
+        seen += targets.size(0)
+        if stop.requested:
+            break
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device
+) -> tuple[float, float]:
+    """(mean loss, accuracy) over a split, with the serving preprocessing (the loader's transform)."""
+    model.eval()
+    use_amp = device.type == "cuda"
+    memory_format = torch.channels_last if use_amp else torch.contiguous_format
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            outputs = model(images)
+            loss = criterion(outputs, targets)
+        loss_sum += loss.float() * targets.size(0)
+        correct += (outputs.argmax(dim=1) == targets).sum()
+        seen += targets.size(0)
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+def check_finite(name: str, value: float, epoch: int) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"{name} is {value} in epoch {epoch}: training diverged; "
+            "lower the learning-rate or raise warmup-epochs"
+        )
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+
+
+def run(args: argparse.Namespace) -> None:
+    stop = StopSignal().install()
+    export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
+    seed_everything(args.seed)
+    device = select_device()
+    workers = args.workers if args.workers is not None else sagemaker_env.num_cpus()
+    logger.info("device %s, %d data-loader workers, hyperparameters %s", device, workers, vars(args))
+
+    # ---- data
+    data = load_splits(sagemaker_env.channels(), args.max_bad_image_fraction, sagemaker_env.num_cpus())
+    loaders = build_loaders(data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda")
+    num_classes = len(data.class_folders)
+
+    # ---- model, loss, optimizer, schedule
+    model = models.build_model(
+        args.model_name, num_classes, args.pretrained, args.weights_path, args.fine_tune
+    )
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = optimization.build_optimizer(
+        model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay
+    )
+    scheduler = optimization.build_scheduler(optimizer, args.epochs, args.warmup_epochs, args.lr_schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+
+    # ---- resume
+    identity = {"model_name": args.model_name, "class_folders": data.class_folders}
+    checkpoint_dir = sagemaker_env.checkpoint_dir()
+    history: list[dict[str, float]] = []
+    best = {"epoch": 0, "valid_loss": math.inf, "state": cpu_state_dict(model)}
+    epochs_without_improvement, early_stopped, start_epoch = 0, False, 1
+    checkpoint = checkpoints.load_checkpoint(checkpoint_dir, identity)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        checkpoints.restore_rng_state(checkpoint["rng"])
+        history, best = checkpoint["history"], checkpoint["best"]
+        epochs_without_improvement = checkpoint["epochs_without_improvement"]
+        early_stopped = checkpoint["early_stopped"]
+        start_epoch = checkpoint["epoch"] + 1
+        logger.info(
+            "resuming from %s: %d epoch(s) done, continuing at epoch %d",
+            checkpoint_dir / checkpoints.CHECKPOINT_FILE, checkpoint["epoch"], start_epoch,
+        )
+
+    def save_checkpoint(epochs_done: int) -> Path:
+        return checkpoints.save_checkpoint(checkpoint_dir, {
+            **identity,
+            "epoch": epochs_done,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": checkpoints.rng_state(),
+            "history": history,
+            "best": best,
+            "epochs_without_improvement": epochs_without_improvement,
+            "early_stopped": early_stopped,
+        })
+
+    # ---- train
+    debugger = Debugger.create(
+        sagemaker_env.debugger_config_file(),
+        Path(args.debugger_out_dir) if args.debugger_out_dir else sagemaker_env.debugger_out_dir(),
+        args.debugger_save_interval,
+        local_default=args.debugger,
+    )
+    debugger.watch(model, criterion)  # after freezing: frozen layers get no gradient hooks
+    with ResourceSampler(sagemaker_env.output_data_dir() / RESOURCE_USAGE_FILE, args.resource_sample_seconds):
+        for epoch in range(start_epoch, args.epochs + 1):
+            if early_stopped:
+                break
+            started = time.monotonic()
+            learning_rate = optimizer.param_groups[0]["lr"]
+            debugger.train()
+            train_loss, train_accuracy = train_one_epoch(
+                model, loaders["train"], criterion, optimizer, scaler, device, stop
+            )
+            if stop.requested:
+                # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
+                path = save_checkpoint(epoch - 1)
+                raise TrainingStopped(stop.received, f"during epoch {epoch} of {args.epochs}", path, epoch)
+            check_finite("the training loss", train_loss, epoch)
+            debugger.eval()
+            valid_loss, valid_accuracy = evaluate(model, loaders["valid"], criterion, device)
+            check_finite("the validation loss", valid_loss, epoch)
+            scheduler.step()
+
+            line = format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy)
+            print(line, flush=True)
+            seconds = time.monotonic() - started
+            history.append({
+                "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                "valid_loss": valid_loss, "valid_accuracy": valid_accuracy,
+                "learning_rate": learning_rate, "seconds": round(seconds, 3),
+            })
+            if valid_loss < best["valid_loss"]:
+                best = {"epoch": epoch, "valid_loss": valid_loss, "state": cpu_state_dict(model)}
+                epochs_without_improvement = 0
+            else:
+                epochs_without_improvement += 1
+            early_stopped = 0 < args.early_stopping_patience <= epochs_without_improvement
+            path = save_checkpoint(epoch)
+            logger.info(
+                "epoch %d/%d done in %.1f s (learning rate %.3g); best epoch %d; checkpoint %s",
+                epoch, args.epochs, seconds, learning_rate, best["epoch"], path,
+            )
+            if stop.requested:
+                raise TrainingStopped(stop.received, f"after epoch {epoch} of {args.epochs}", path, epoch + 1)
+            if early_stopped:
+                logger.info("early stop: no better validation loss in %d epochs", epochs_without_improvement)
+
+        # ---- test the best weights
+        model.load_state_dict(best["state"])
+        debugger.eval()
+        test_loss, test_accuracy = evaluate(model, loaders["test"], criterion, device)
+        print(format_test_line(test_loss, test_accuracy), flush=True)
+        debugger.close()
+
+    # ---- export: a fresh network (no debugger hooks) holding the best weights
+    serving_model = models.architecture(args.model_name, num_classes)
+    serving_model.load_state_dict(best["state"])
+    metrics = export.metrics_document(
+        hyperparameters={name.replace("_", "-"): value for name, value in vars(args).items()},
+        epochs=history,
+        best_epoch=best["epoch"],
+        test={"test_loss": test_loss, "test_accuracy": test_accuracy},
+        num_classes=num_classes,
+        bad_images=data.bad_image_counts(),
+    )
+    export.write_artifact(
+        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR
+    )
+    logger.info("training complete: best epoch %d, test accuracy %.4f", best["epoch"], test_accuracy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(parse_hyperparameters(argv))
+    except TrainingStopped as stopped:
+        logger.warning("%s", stopped)
+        sagemaker_env.write_failure(str(stopped))
+        return 128 + stopped.signum
+    except TrainingError as error:
+        logger.error("training failed: %s", error)
+        sagemaker_env.write_failure(str(error))
+        return 1
+    except Exception as error:
+        logger.exception("training failed unexpectedly")
+        sagemaker_env.write_failure(f"{type(error).__name__}: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
