@@ -117,6 +117,7 @@ def losses_every_step(collection_configurations: list[dict]) -> list[dict]:
         losses = {"CollectionName": "losses", "CollectionParameters": {}}
         configured.append(losses)
     losses["CollectionParameters"]["save_interval"] = "1"
+    losses["CollectionParameters"].pop("train.save_interval", None)  # it would override the above
     return configured
 
 

@@ -161,6 +161,10 @@ class Overfit(_ProjectRule):
     one by more than ``min_rise_percent`` % and more than ``min_rise`` (in loss units: a
     rise from 0.001 to 0.003 is no finding) while the epoch's mean training loss is lower
     than in that best epoch.
+
+    Batch losses are averaged unweighted: a small last batch counts as much as a full one.
+    Comparing like with like needs the loss of every evaluation step: when the hook saved
+    only every n-th one (each epoch would show different batches), the rule stops and says so.
     """
 
     CHECKS = "the validation loss does not rise while the training loss falls"
@@ -180,14 +184,27 @@ class Overfit(_ProjectRule):
         self.epochs: list[tuple[float | None, list[float]]] = []
         self.train_phase: list[float] = []
         self.in_eval = False
+        self.last_eval_step: int | None = None  # mode step of the last evaluation loss seen
+        self.sparse = False
 
     def invoke_at_step(self, step: int) -> bool:
         mode = self.base_trial.mode(step)
-        if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL):
+        if self.sparse or mode not in (ModeKeys.TRAIN, ModeKeys.EVAL):
             return False
         loss = loss_at(self.base_trial, step)
         if loss is None:
             return False
+        if mode == ModeKeys.EVAL:
+            eval_step = self.base_trial.mode_step(step)
+            if self.last_eval_step is not None and eval_step != self.last_eval_step + 1:
+                self.sparse = True
+                if not self.report["RuleTriggered"]:
+                    self.report["Details"]["message"] = (
+                        "not every evaluation step's loss was saved (the losses collection needs "
+                        "eval.save_interval 1): epochs cannot be compared batch for batch"
+                    )
+                return False
+            self.last_eval_step = eval_step
         self._saw_datapoint()
         if mode == ModeKeys.TRAIN:
             if self.in_eval:
@@ -222,7 +239,8 @@ class Overfit(_ProjectRule):
         ))
 
     def enough_data(self) -> bool:
-        return sum(1 for train_mean, values in self.epochs if values and train_mean is not None) >= 2
+        complete = sum(1 for train_mean, values in self.epochs if values and train_mean is not None)
+        return not self.sparse and complete >= 2
 
 
 class VanishingGradient(_ProjectRule):

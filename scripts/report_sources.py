@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 from smdebug.trials import create_trial
 
 from classifier.artifact import METRICS_FILE
+from classifier.resources import RESOURCE_USAGE_FILE
 
-RESOURCE_USAGE_FILE = "resource_usage.jsonl"  # TODO: classifier.resources once the trainer lands
 TENSORS_DIR = "output/tensors"
 RESOURCES_PATH = f"output/data/{RESOURCE_USAGE_FILE}"
 PROFILER_REPORT_SUFFIX = "profiler-output/profiler-report.html"

@@ -1,9 +1,11 @@
-"""A tiny hooked torch training loop that writes a run's OUT folder the way the trainer does.
+"""Runs for the debugging report's tests: real trainer runs, and a tiny hooked torch loop.
 
-Real smdebug output (Hook with TRAIN/EVAL modes; losses, weights, biases, gradients), a
-``model/metrics.json`` and ``output/data/resource_usage.jsonl`` in the shared formats, from a
-few-parameter MLP on synthetic vectors: seconds on one core. Each scenario builds one kind of
-run the debugging rules must tell apart.
+``real_run`` runs the real trainer (toolkit, ``code/train.py``) with the Debugger hook set up
+as on SageMaker. ``hooked_run`` is a tiny hooked torch loop for what the trainer cannot be made
+to do (a deep sigmoid network, a badly scaled initialisation): real smdebug output (Hook with
+TRAIN/EVAL modes; losses, weights, biases, gradients), a ``model/metrics.json`` and
+``output/data/resource_usage.jsonl`` in the shared formats, from a few-parameter MLP on
+synthetic vectors, in seconds.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 from smdebug.pytorch import Hook, SaveConfig, modes
+from train_helpers import TRAINING_TIMEOUT_S, fail_with_log
 
+from classifier import sagemaker_env
 from classifier.artifact import METRICS_FILE
+from classifier.resources import RESOURCE_USAGE_FILE, sample
+from scripts import custom_rules, debugger_config
+from scripts.train_local import run_training
 
-RESOURCE_USAGE_FILE = "resource_usage.jsonl"  # TODO: classifier.resources once the trainer lands
 NUM_CLASSES = 3
 
 
@@ -37,15 +42,11 @@ class Scenario:
     depth: int = 1  # hidden layers
     activation: str = "relu"
     init_std: float | None = None  # None: PyTorch's default initialisation
-    random_labels: bool = False  # labels independent of the inputs: nothing to generalise
     batch_size: int = 8
 
 
 SCENARIOS = {
     "healthy": Scenario(epochs=3, train_size=192),
-    "no_learning": Scenario(learning_rate=1e-7),
-    "overfit": Scenario(train_size=8, valid_size=48, features=64, hidden=256, random_labels=True,
-                        epochs=20, learning_rate=0.05, batch_size=4),
     "vanishing": Scenario(depth=10, activation="sigmoid", epochs=1),
     "poor_init": Scenario(init_std=1e-4, epochs=1),
 }
@@ -54,8 +55,7 @@ SCENARIOS = {
 def _data(scenario: Scenario, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.randint(0, NUM_CLASSES, (size,), generator=generator)
     inputs = torch.randn(size, scenario.features, generator=generator)
-    if not scenario.random_labels:
-        inputs[torch.arange(size), labels] += 3.0  # the class shows in one feature
+    inputs[torch.arange(size), labels] += 3.0  # the class shows in one feature
     return inputs, labels
 
 
@@ -73,18 +73,6 @@ def _model(scenario: Scenario) -> torch.nn.Module:
             if isinstance(layer, torch.nn.Linear):
                 torch.nn.init.normal_(layer.weight, std=scenario.init_std)
     return model
-
-
-def _resource_sample(started: float) -> dict:
-    memory = psutil.virtual_memory()
-    return {
-        "elapsed_s": round(time.monotonic() - started, 3),
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "memory_used_mb": round(memory.used / 2**20, 1),
-        "memory_percent": memory.percent,
-        "gpu_percent": None,
-        "gpu_memory_used_mb": None,
-    }
 
 
 def hooked_run(out_dir: Path, scenario: Scenario, seed: int = 0) -> Path:
@@ -108,7 +96,6 @@ def hooked_run(out_dir: Path, scenario: Scenario, seed: int = 0) -> Path:
     hook.register_loss(loss_fn)
 
     started = time.monotonic()
-    psutil.cpu_percent(interval=None)
     samples, epochs = [], []
     for epoch in range(1, scenario.epochs + 1):
         hook.set_mode(modes.TRAIN)
@@ -142,7 +129,7 @@ def hooked_run(out_dir: Path, scenario: Scenario, seed: int = 0) -> Path:
             "learning_rate": scenario.learning_rate,
             "seconds": round(time.monotonic() - started, 3),
         })
-        samples.append(_resource_sample(started))
+        samples.append(sample(started))  # the trainer's own sampler
     hook.close()
 
     best = min(epochs, key=lambda e: e["valid_loss"] if math.isfinite(e["valid_loss"]) else math.inf)
@@ -156,7 +143,30 @@ def hooked_run(out_dir: Path, scenario: Scenario, seed: int = 0) -> Path:
         "bad_images": {"train": 0, "valid": 0, "test": 0},
     }
     (out_dir / "model" / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    lines = "".join(json.dumps(sample) + "\n" for sample in samples)
+    lines = "".join(json.dumps(each) + "\n" for each in samples)
     (out_dir / "output" / "data" / RESOURCE_USAGE_FILE).write_text(lines)
     (out_dir / "output" / "success").write_text("")
     return out_dir
+
+
+# ---------------------------------------------------------------- real trainer runs
+def write_sagemaker_hook_config(out_dir: Path, save_interval: int) -> Path:
+    """``input/config/debughookconfig.json`` as SageMaker writes it for a job the launcher creates
+    (with the custom rules' losses at every step); the trainer's hook follows it. Returns its path."""
+    config = debugger_config.debug_hook_config("s3://unused/debug-output", save_interval)
+    config["LocalPath"] = str(Path(out_dir).resolve() / "output" / "tensors")
+    config["CollectionConfigurations"] = custom_rules.losses_every_step(config["CollectionConfigurations"])
+    path = Path(out_dir) / sagemaker_env.DEBUGGER_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def real_run(data_dir: Path, out_dir: Path, hyperparameters: dict, save_interval: int) -> Path:
+    """One run of the real trainer through the toolkit (``scripts.train_local``), with the hook
+    configured as on SageMaker; fails the test with the log if training fails."""
+    write_sagemaker_hook_config(out_dir, save_interval)
+    result = run_training(data_dir, out_dir, hyperparameters, timeout=TRAINING_TIMEOUT_S)
+    if result.returncode != 0:
+        fail_with_log(f"training run {out_dir.name} failed (exit {result.returncode})", result.stdout)
+    return Path(out_dir)

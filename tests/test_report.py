@@ -10,7 +10,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from report_helpers import SCENARIOS, hooked_run
 from smdebug.core.modes import ModeKeys
 from smdebug.trials import create_trial
 
@@ -20,9 +19,13 @@ from scripts.report_sources import RESOURCES_PATH, load_local_run, read_resource
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+pytest_plugins = ["report_fixtures"]  # overfit_run (a real trainer run)
+
+
 @pytest.fixture(scope="module")
-def healthy_run(tmp_path_factory):
-    return hooked_run(tmp_path_factory.mktemp("report") / "healthy", SCENARIOS["healthy"])
+def healthy_run(trained_run):
+    """The suite's one shared real training run (tests/conftest.py)."""
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_loss_plot_draws_the_losses_the_hook_saved(healthy_report, trial):
             (trial.global_step(mode, step), float(tensor.value(step, mode=mode)))
             for step in tensor.steps(mode=mode)
         ]
-        assert len(expected) > 10
+        assert len(expected) >= 3
         np.testing.assert_allclose(lines[label], expected, rtol=1e-6)
 
 
@@ -92,15 +95,18 @@ def test_weight_update_plot_draws_the_relative_change_between_saved_training_ste
     built, _ = healthy_report
     lines = drawn_lines(built.plot("weight_update_ratios"))
     weights = trial.tensor_names(collection="weights")
-    assert set(lines) == set(weights)
-    tensor = trial.tensor(weights[0])
+    drawn = sorted(lines)
+    assert drawn and set(drawn) <= set(weights)
+    frozen = len(weights) - len(drawn)  # fine-tune last-block: the other layers never change
+    assert frozen > 0 and built.plot("weight_update_ratios").notes[0].startswith(f"{frozen} weight tensors")
+    tensor = trial.tensor(drawn[0])
     steps = tensor.steps(mode=ModeKeys.TRAIN)
     values = [np.asarray(tensor.value(step, mode=ModeKeys.TRAIN), dtype=np.float64) for step in steps]
     expected = [
         (trial.global_step(ModeKeys.TRAIN, step), np.linalg.norm(now - before) / np.linalg.norm(before))
         for step, before, now in zip(steps[1:], values[:-1], values[1:], strict=True)
     ]
-    np.testing.assert_allclose(lines[weights[0]], expected, rtol=1e-6)
+    np.testing.assert_allclose(lines[drawn[0]], expected, rtol=1e-6)
     assert all(0 < ratio < 1 for _, ratio in expected)
 
 
@@ -126,12 +132,19 @@ def test_the_report_summarises_hyperparameters_metrics_and_rule_outcomes(healthy
     assert f"<td>{metrics['test']['test_accuracy']:.4g}</td>" in page
     assert f"<b>{metrics['best_epoch']}</b> (best)" in page
     assert [outcome.rule for outcome in built.outcomes] == [rule.__name__ for rule in debug_rules.RULES]
-    assert page.count("<span class='ok'>no issue</span>") == len(debug_rules.RULES)
+    for outcome in built.outcomes:  # each rule's row says what the rule found
+        row = page[page.index(f">{outcome.rule}</span>"):]
+        row = row[: row.index("</tr>")]
+        if outcome.triggered:
+            assert "issue found" in row and html.escape(outcome.advice) in row
+        elif outcome.evaluated:
+            assert "no issue" in row
+        else:
+            assert "not enough data" in row and html.escape(outcome.message) in row
 
 
-def test_an_overfit_run_reports_the_finding_and_its_advice(tmp_path):
-    run = hooked_run(tmp_path / "overfit", SCENARIOS["overfit"])
-    built = report.write_report(load_local_run(run), tmp_path / "report.html")
+def test_an_overfit_run_reports_the_finding_and_its_advice(overfit_run, tmp_path):
+    built = report.write_report(load_local_run(overfit_run), tmp_path / "report.html")
     [finding] = [outcome for outcome in built.outcomes if outcome.triggered]
     assert finding.rule == "Overfit"
     page = (tmp_path / "report.html").read_text()

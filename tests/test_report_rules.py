@@ -12,14 +12,9 @@ from smdebug.trials import create_trial
 
 from scripts import custom_rules, debug_rules
 
+pytest_plugins = ["report_fixtures"]  # healthy_run, overfit_run, no_learning_run (real trainer runs)
+
 ALL_RULES = {rule.__name__ for rule in debug_rules.RULES}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One real hooked training run per scenario (seconds in all)."""
-    root = tmp_path_factory.mktemp("rule_runs")
-    return {name: hooked_run(root / name, scenario) for name, scenario in SCENARIOS.items()}
 
 
 def outcomes_of(out_dir):
@@ -27,32 +22,56 @@ def outcomes_of(out_dir):
     return {outcome.rule: outcome for outcome in debug_rules.run_rules(trial)}
 
 
-@pytest.mark.parametrize(("scenario", "expected"), [
+@pytest.fixture(scope="module")
+def hooked_runs(tmp_path_factory):
+    """What the trainer cannot be made to do, from the tiny hooked loop: a deep sigmoid
+    network and a badly scaled initialisation (plus a healthy run of the same loop)."""
+    root = tmp_path_factory.mktemp("rule_runs")
+    return {name: hooked_run(root / name, SCENARIOS[name]) for name in ("healthy", "vanishing", "poor_init")}
+
+
+@pytest.fixture(scope="module")
+def runs(hooked_runs, healthy_run, overfit_run, no_learning_run):
+    real = {"healthy_trainer": healthy_run, "overfit": overfit_run, "no_learning": no_learning_run}
+    return {**hooked_runs, **real}
+
+
+@pytest.mark.parametrize(("run", "expected"), [
     ("no_learning", {"LossNotDecreasing"}),
     ("overfit", {"Overfit"}),
     ("vanishing", {"VanishingGradient"}),
     ("poor_init", {"PoorWeightInitialization"}),
 ])
-def test_each_problem_run_triggers_its_rule_and_only_it(runs, scenario, expected):
-    outcomes = outcomes_of(runs[scenario])
+def test_each_problem_run_triggers_its_rule_and_only_it(runs, run, expected):
+    outcomes = outcomes_of(runs[run])
     triggered = {name for name, outcome in outcomes.items() if outcome.triggered}
-    assert triggered == expected
+    assert triggered == expected, {name: outcomes[name].message for name in triggered}
     for name in expected:
         assert outcomes[name].evaluated and outcomes[name].violations > 0
         assert outcomes[name].first_step is not None and outcomes[name].message
         assert outcomes[name].advice == getattr(debug_rules, name).ADVICE
 
 
-def test_a_healthy_run_is_checked_by_every_rule_and_triggers_none(runs):
-    outcomes = outcomes_of(runs["healthy"])
+@pytest.mark.parametrize("run", ["healthy_trainer", "healthy"])
+def test_a_healthy_run_is_checked_by_every_rule_and_triggers_none(runs, run):
+    outcomes = outcomes_of(runs[run])
     assert set(outcomes) == ALL_RULES
     for outcome in outcomes.values():
         assert outcome.evaluated, f"{outcome.rule} saw too little data ({outcome.datapoints} points)"
         assert not outcome.triggered, f"{outcome.rule}: {outcome.message}"
 
 
+def test_the_shared_trained_run_is_checked_as_far_as_its_default_hook_allows(trained_run):
+    outcomes = outcomes_of(trained_run)
+    for rule in ("VanishingGradient", "PoorWeightInitialization"):
+        assert outcomes[rule].evaluated and not outcomes[rule].triggered, outcomes[rule].message
+    # The local default hook saves every second evaluation loss: epochs cannot be compared.
+    assert not outcomes["Overfit"].evaluated and not outcomes["Overfit"].triggered
+    assert "eval.save_interval 1" in outcomes["Overfit"].message
+
+
 def test_rules_take_their_parameters_as_strings_as_sagemaker_passes_them(runs):
-    trial = create_trial(str(runs["healthy"] / "output" / "tensors"))
+    trial = create_trial(str(runs["healthy_trainer"] / "output" / "tensors"))
     # A threshold no healthy loss can meet makes the loss rule fire: the parameters are really used.
     strict = debug_rules.LossNotDecreasing(trial, mode="train", window="3", min_decrease_percent="99.9",
                                            patience="1")
