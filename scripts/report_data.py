@@ -102,6 +102,8 @@ def weight_update_ratio_plot(trial) -> Plot:
     if frozen:
         more = f" and {len(frozen) - 5} more" if len(frozen) > 5 else ""
         notes = (f"{len(frozen)} weight tensors did not change (frozen): {', '.join(frozen[:5])}{more}",)
+    if not series and not frozen:
+        notes = ("needs the weights of two training steps or more (the hook saved fewer)",)
     return Plot("weight_update_ratios", "Weight update ratio per layer", "global step",
                 "||ΔW|| / ||W||", tuple(series), log_y=True, notes=notes)
 

@@ -8,6 +8,8 @@ import io
 import math
 from datetime import UTC, datetime
 
+import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from scripts.report_data import Plot
@@ -20,8 +22,11 @@ def figure(plot: Plot) -> Figure:
     columns = max(1, math.ceil(len(plot.series) / LEGEND_ROWS))
     fig = Figure(figsize=(8 + 2.2 * columns, 4.5), layout="constrained")
     axes = fig.subplots()
-    for series in plot.series:
-        axes.plot(series.x, series.y, marker="." if len(series.x) < 40 else None, label=series.label)
+    # Past the default cycle's 10 colours, a colour map keeps every line (layer) distinguishable.
+    colours = colormaps["viridis"](np.linspace(0, 0.95, len(plot.series))) if len(plot.series) > 10 else None
+    for index, series in enumerate(plot.series):
+        axes.plot(series.x, series.y, marker="." if len(series.x) < 40 else None, label=series.label,
+                  color=colours[index] if colours is not None else None)
     if plot.log_y and any(y > 0 for s in plot.series for y in s.y):
         axes.set_yscale("log")
     axes.set(title=plot.title, xlabel=plot.xlabel, ylabel=plot.ylabel)

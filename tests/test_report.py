@@ -150,6 +150,10 @@ def test_an_overfit_run_reports_the_finding_and_its_advice(overfit_run, tmp_path
     page = (tmp_path / "report.html").read_text()
     assert html.escape(debug_rules.Overfit.ADVICE) in page
     assert html.escape(finding.message) in page and "issue found" in page
+    # One training step an epoch, weights saved every 25 steps: one saved step, no ratio to draw.
+    updates = built.plot("weight_update_ratios")
+    assert updates.empty and "needs the weights of two training steps" in updates.notes[0]
+    assert "nothing was recorded for this plot" in page
 
 
 def test_make_report_writes_the_file_and_prints_its_path(healthy_run, tmp_path):
