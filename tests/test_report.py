@@ -197,3 +197,9 @@ def test_malformed_inputs_are_named_with_their_place():
         read_resource_samples('{"elapsed_s": 1}\n{oops\n', "usage.jsonl")
     with pytest.raises(ValueError, match="line 1 is not a resource sample"):
         read_resource_samples('{"cpu_percent": 3}\n', "usage.jsonl")
+
+
+def test_make_report_writes_next_to_the_run_by_default(overfit_run):
+    result = make_report(f"RUN={overfit_run}")
+    assert result.returncode == 0, result.stderr
+    assert f"report written: {overfit_run / 'report.html'}" in result.stdout
