@@ -100,6 +100,13 @@ invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=ht
 teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
 	scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
 
+# ---------------------------------------------------------------- debugging report
+# Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
+REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
+.PHONY: report
+report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION)) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
 train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
