@@ -99,13 +99,18 @@ invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=ht
 .PHONY: teardown
 teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
 	scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
+
+# ---------------------------------------------------------------- debugging report
+# Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
+REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
+.PHONY: report
+report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION)) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
 # ---------------------------------------------------------------- training (code/train.py)
-DATA ?=
-OUT ?=
-HP ?=
 .PHONY: train-local
 train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"'; exit 2; }
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
 	$(TRAIN_PY) -m scripts.train_local --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: bench-train
