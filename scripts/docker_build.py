@@ -247,6 +247,7 @@ def build_image(
     quiet: bool = False,
 ) -> float:
     """Builds one image and returns the seconds it took; raises CalledProcessError on failure."""
+    tags = list(tags)
     pins = parse_pins(requirements_file(kind).read_text())
     wheelhouse_hashes = fill_wheelhouse(pins, wheelhouse_sources(environ), wheelhouse_dir(kind))
     torch_index = None
@@ -261,7 +262,6 @@ def build_image(
         build_args(base_image, environ, torch_index, pretrained_models),
         pip_cert=pip_cert if pip_cert and Path(pip_cert).is_file() else None,
     )
-    tags = list(tags)
     print(f"[build] {images.repository(kind)}:{','.join(tags)} on {base_image}", file=sys.stderr, flush=True)
     started = time.monotonic()
     if quiet:
@@ -291,8 +291,9 @@ def main() -> None:
         help='training image: bake these models\' ImageNet weights, e.g. "resnet50"',
     )
     args = parser.parse_args()
-    for kind in args.kinds:
-        images.repository(kind)
+    unknown = set(args.kinds) - set(images.REPOSITORIES)
+    if unknown:
+        parser.error(f"unknown image(s) {sorted(unknown)}; choose from {sorted(images.REPOSITORIES)}")
     tags = args.tag or list(dict.fromkeys([images.git_tag(), images.LATEST]))
     try:
         with docker_engine.engine_session() as engine:

@@ -104,7 +104,7 @@ class Engine:
     docker: str
     host: str | None = None
     started_pid: int | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(init=False)  # the client's environment, read when the Engine is made
 
     def __post_init__(self) -> None:
         self.env = {**os.environ, "DOCKER_BUILDKIT": "1"}
