@@ -123,7 +123,7 @@ bench-train: $(TRAIN_ENV) ## training benchmark (smdebug hook cost, loader vs mo
 # Build options (variables or environment): BASE_IMAGE, PIP_CERT (a CA for pip, passed as a BuildKit
 # secret), PIP_INDEX_URL, WHEELHOUSE, TORCH_CPU_INDEX, PRETRAINED_MODELS="resnet50" (bakes ImageNet
 # weights into the training image), HTTP(S)_PROXY. Push: ACCOUNT and REGION, else the AWS configuration.
-export BASE_IMAGE PIP_CERT PIP_INDEX_URL WHEELHOUSE TORCH_CPU_INDEX PRETRAINED_MODELS ACCOUNT REGION GPUS
+# (Variables given on make's command line reach the scripts' environment by themselves.)
 PORT ?= 8080
 
 .PHONY: build
