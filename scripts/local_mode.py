@@ -33,6 +33,8 @@ MODEL_TAR = "model.tar.gz"
 # DataLoader workers share tensors through /dev/shm; Docker's 64 MB default is too small for them.
 SHM_SIZE = "1g"
 SERVE_PORT = 8080
+# SageMaker's grace between SIGTERM and SIGKILL when it stops a training job.
+STOP_GRACE_S = 120
 
 
 def image_name(kind: str, tag: str = images.LATEST) -> str:
@@ -229,9 +231,15 @@ def main() -> None:
         with docker_engine.engine_session() as engine:
             if args.command == "train":
                 hyperparameters = opt_ml.parse_hyperparameter_args(hyperparameter_args)
-                result = train_in_container(
-                    engine, args.data, args.out, hyperparameters, args.image, args.gpus
-                )
+                name = container_name("train")
+                try:
+                    result = train_in_container(
+                        engine, args.data, args.out, hyperparameters, args.image, args.gpus, name=name
+                    )
+                except KeyboardInterrupt:
+                    print("[local-train] stopping: the trainer saves a checkpoint", file=sys.stderr)
+                    engine.run("stop", "--time", str(STOP_GRACE_S), name, check=False)
+                    sys.exit(130)
                 status = "success" if result.returncode == 0 else "failure"
                 print(f"[local-train] {status}: {args.out.resolve() / 'output' / status}", file=sys.stderr)
                 if result.returncode == 0:

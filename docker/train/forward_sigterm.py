@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""PID 1 of the training container: runs its command (SageMaker's ``train``) and passes SIGTERM on
-to the training script.
+"""PID 1 of the training container: runs its command (SageMaker's ``train``) and passes SIGTERM (and
+SIGINT) on to the training script.
 
 SageMaker stops a job (StopTrainingJob, a spot interruption) with SIGTERM to the container's PID 1,
 then SIGKILL. The toolkit's ``train`` has no SIGTERM handler, and PID 1 ignores signals it does not
@@ -31,7 +31,11 @@ def children_of(pid: int) -> list[int]:
 
 
 def main(command: list[str]) -> int:
-    toolkit = subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    def ignore_stop_signals() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    toolkit = subprocess.Popen(command, preexec_fn=ignore_stop_signals)
 
     def forward(signo, frame):
         scripts = children_of(toolkit.pid)
@@ -41,6 +45,7 @@ def main(command: list[str]) -> int:
             toolkit.kill()
 
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)  # Ctrl-C on an attached `docker run` arrives as SIGINT
     # As PID 1 we also reap the orphans that end up here, until the toolkit itself exits.
     while True:
         pid, status = os.wait()
