@@ -104,6 +104,7 @@ class Engine:
     docker: str
     host: str | None = None
     started_pid: int | None = None
+    private: PrivateEngine | None = None  # the private engine's paths, when we started it
     env: dict[str, str] = field(init=False)  # the client's environment, read when the Engine is made
 
     def __post_init__(self) -> None:
@@ -283,6 +284,23 @@ def stop_pid(pid: int, timeout: float = ENGINE_STOP_TIMEOUT_S) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def mounts_under(proc_mounts: str, root: Path) -> list[str]:
+    """The mount points below ``root`` in a /proc/mounts listing, deepest last."""
+    prefix = f"{root}/"
+    return [
+        fields[1]
+        for line in proc_mounts.splitlines()
+        if len(fields := line.split()) > 1 and fields[1].startswith(prefix)
+    ]
+
+
+def stop_private_engine(private: PrivateEngine, pid: int) -> None:
+    """Stops our dockerd and removes what it leaves mounted (its default network namespace)."""
+    stop_pid(pid)
+    for mount in reversed(mounts_under(Path("/proc/mounts").read_text(), private.root)):
+        subprocess.run(["umount", mount], check=False, capture_output=True)
+
+
 @contextlib.contextmanager
 def _start_lock(private: PrivateEngine) -> Iterator[None]:
     """Two processes starting the private engine at once would share one data-root: serialise."""
@@ -313,7 +331,7 @@ def connect(private: PrivateEngine | None = None) -> Engine:
         if _read_pid(private.pidfile) and engine_answers(docker, private.host):
             return Engine(docker, private.host)
         pid = start_private_engine(private, docker)
-    return Engine(docker, private.host, started_pid=pid)
+    return Engine(docker, private.host, started_pid=pid, private=private)
 
 
 def disconnect(engine: Engine) -> None:
@@ -324,7 +342,7 @@ def disconnect(engine: Engine) -> None:
             file=sys.stderr,
             flush=True,
         )
-        stop_pid(engine.started_pid)
+        stop_private_engine(engine.private or PrivateEngine(), engine.started_pid)
         engine.started_pid = None
 
 
@@ -465,7 +483,7 @@ def main(argv: list[str]) -> None:
                 if pid is None:
                     print("the private engine is not running", file=sys.stderr)
                 else:
-                    stop_pid(pid)
+                    stop_private_engine(private, pid)
                     print(f"stopped the private engine (pid {pid})", file=sys.stderr)
             case ["base"]:
                 with engine_session() as engine:

@@ -264,3 +264,12 @@ def test_without_any_docker_the_container_tests_skip_loudly_or_fail_under_ci(tmp
         assert result.returncode == 0 and "warning" in summary
     else:
         assert result.returncode != 0
+
+
+def test_mounts_under_the_private_engine_are_found_for_unmounting(tmp_path):
+    listing = (
+        f"nsfs {tmp_path}/exec/netns/default nsfs rw 0 0\n"
+        f"overlay {tmp_path}-other/x overlay rw 0 0\n"
+        "proc /proc proc rw 0 0\n"
+    )
+    assert docker_engine.mounts_under(listing, tmp_path) == [f"{tmp_path}/exec/netns/default"]
