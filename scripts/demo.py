@@ -8,7 +8,9 @@
 4. serve that artifact in the serving container (``docker run IMAGE serve``) and send one test
    image per class through the same client a SageMaker endpoint is called with (``scripts.invoke``);
 5. print the top-5 of each, then stop the container (and the private Docker engine if one was
-   started for the demo). ``WORK`` keeps the data, the /opt_ml folder and the artifact.
+   started for the demo);
+6. write the debugging report of the training run (``scripts.report``) and print its path.
+``WORK`` keeps the data, the /opt_ml folder, the artifact and ``report.html``.
 
 Hyperparameters after ``--`` go to the trainer; the generated data gets a quick recipe by default.
 """
@@ -25,18 +27,19 @@ import time
 from pathlib import Path
 
 from classifier.hyperparameters import build_parser
-from scripts import docker_build, docker_engine, images, invoke, local_mode, opt_ml, sample_data
+from scripts import docker_build, docker_engine, images, invoke, local_mode, opt_ml, report, sample_data
+from scripts.report_sources import load_local_run
 
 DEFAULT_WORK = Path("runs/demo")
 # Random initialisation (no weights can be downloaded on every machine), every layer training.
 SAMPLE_HYPERPARAMETERS = {
     "model-name": "resnet18", "pretrained": False, "fine-tune": "all", "epochs": 5, "batch-size": 16,
     "image-size": 32, "optimizer": "adamw", "learning-rate": 0.002, "warmup-epochs": 0, "workers": 1,
-    "seed": 0,
+    "seed": 0, "debugger-save-interval": 2,
 }  # fmt: skip
 SAMPLE_CLASSES = 5
 TOP_K = 5
-STEPS = 5
+STEPS = 6
 
 
 def step(number: int, text: str) -> None:
@@ -110,6 +113,11 @@ def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> in
                 )
                 print(f"\n{path.relative_to(data)}  (true class: {folder})")
                 print(invoke.format_predictions(top_k))
+
+    step(6, "debugging report of the training run (scripts.report)")
+    written = report.write_report(load_local_run(out), work / "report.html")
+    report.print_outcomes(written)
+    print(f"report: {work / 'report.html'}")
     print(f"\ndone in {time.monotonic() - started:.0f} s; data, /opt/ml and model.tar.gz are in {work}")
     return 0
 

@@ -99,6 +99,13 @@ def write_report(evidence: RunEvidence, path: str | Path) -> Report:
     return report
 
 
+def print_outcomes(report: Report) -> None:
+    """One line per rule: ok, not enough data, or ISSUE with its finding."""
+    for outcome in report.outcomes:
+        state = "ISSUE" if outcome.triggered else ("ok" if outcome.evaluated else "not enough data")
+        print(f"  {outcome.rule:26s} {state}{': ' + outcome.message if outcome.triggered else ''}")
+
+
 def _aws_clients(region: str | None):
     import boto3
 
@@ -132,9 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"report: {error}") from error
     report = write_report(evidence, args.out)
-    for outcome in report.outcomes:
-        state = "ISSUE" if outcome.triggered else ("ok" if outcome.evaluated else "not enough data")
-        print(f"  {outcome.rule:26s} {state}{': ' + outcome.message if outcome.triggered else ''}")
+    print_outcomes(report)
     print(f"report written: {args.out.resolve()}")
 
 

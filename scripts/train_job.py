@@ -75,7 +75,6 @@ class TrainingJobSpec:
 
 def training_job_request(spec: TrainingJobSpec) -> dict:
     """The CreateTrainingJob parameters (pure: no AWS call)."""
-    locations = spec.locations()
     resources = spec.resources
     request = {
         "TrainingJobName": spec.job_name,
@@ -104,13 +103,15 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         # Synced to S3 while the job runs; a spot job interrupted and restarted resumes from it.
         "CheckpointConfig": {"S3Uri": spec.checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH},
     }
+    # SageMaker appends <job>/debug-output and <job>/profiler-output to these paths itself
+    # (locations() names the results), so both get the job's output path.
     if spec.debugger:
         request["DebugHookConfig"] = debugger_config.debug_hook_config(
-            locations["debugger_tensors"], spec.debugger_save_interval
+            spec.output_uri, spec.debugger_save_interval
         )
         request["DebugRuleConfigurations"] = debugger_config.debug_rule_configurations(spec.region)
     if spec.profiler:
-        request["ProfilerConfig"] = debugger_config.profiler_config(locations["profiler_data"])
+        request["ProfilerConfig"] = debugger_config.profiler_config(spec.output_uri)
         request["ProfilerRuleConfigurations"] = debugger_config.profiler_rule_configurations(spec.region)
     return request
 

@@ -231,3 +231,7 @@ def test_demo_trains_serves_and_prints_the_top5_of_each_class(
     assert printed.count("  1. ") == NUM_CLASSES
     assert (tmp_path / "demo" / "opt_ml" / local_mode.MODEL_TAR).is_file()
     assert set(engine.run("ps", "--all", "--quiet").stdout.split()) <= before  # its containers are gone
+    report_html = tmp_path / "demo" / "report.html"
+    assert f"report: {report_html}" in printed
+    html = report_html.read_text()
+    assert "LossNotDecreasing" in html and "data:image/png;base64," in html

@@ -68,7 +68,8 @@ def test_request_has_the_rules_their_collections_and_the_regions_rule_image(regi
         assert collections[collection]["save_interval"] == "50"
     assert collections["relu_input"]["include_regex"] == ".*relu_input"
     assert collections["losses"]["eval.save_interval"] == "1"  # Overfit compares validation loss
-    assert hook["S3OutputPath"] == f"{CONFIG.output_uri('training')}/classifier-train-test/debug-output"
+    # SageMaker writes the tensors to <S3OutputPath>/<job>/debug-output.
+    assert hook["S3OutputPath"] == CONFIG.output_uri("training")
     assert hook["LocalPath"] == "/opt/ml/output/tensors"
     profiler_rules = request["ProfilerRuleConfigurations"]
     assert profiler_rules == [{
@@ -76,7 +77,7 @@ def test_request_has_the_rules_their_collections_and_the_regions_rule_image(regi
         "RuleEvaluatorImage": RULE_IMAGES[region],
         "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
     }]
-    assert request["ProfilerConfig"]["S3OutputPath"].endswith("/classifier-train-test/profiler-output")
+    assert request["ProfilerConfig"]["S3OutputPath"] == CONFIG.output_uri("training")
     assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
 
 
