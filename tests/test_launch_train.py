@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import boto3
 import botocore.session
@@ -264,4 +265,41 @@ def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         train_job.main(argv)
     assert message in str(exit_info.value.code)
+    assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_custom_rules_run_beside_the_built_in_ones_with_losses_saved_every_step():
+    source = f"s3://{BUCKET}/debug-rules/job/debug_rules.py"
+    request = train_job.training_job_request(spec(custom_rules_source=source))
+    validate_against_api("CreateTrainingJob", request)
+    names = [rule["RuleConfigurationName"] for rule in request["DebugRuleConfigurations"]]
+    assert set(RULE_COLLECTIONS) <= set(names)
+    custom = [rule for rule in request["DebugRuleConfigurations"]
+              if rule["RuleConfigurationName"].startswith("Custom")]
+    assert sorted(rule["RuleParameters"]["rule_to_invoke"] for rule in custom) == sorted(
+        ["LossNotDecreasing", "Overfit", "VanishingGradient", "PoorWeightInitialization"])
+    assert {rule["RuleParameters"]["source_s3_uri"] for rule in custom} == {source}
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in request["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections["losses"]["save_interval"] == "1"
+    assert "CustomOverfit" not in str(train_job.training_job_request(spec())["DebugRuleConfigurations"])
+
+
+def test_cli_custom_rules_uploads_the_rules_file_and_attaches_them(pushed, tmp_path):
+    train_job.main(["--job-name", "classifier-train-custom", "--custom-rules", "--no-wait",
+                    "--record", str(tmp_path / "job.json"), "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-custom")
+    sources = {rule["RuleParameters"]["source_s3_uri"] for rule in stored["DebugRuleConfigurations"]
+               if rule["RuleConfigurationName"].startswith("Custom")}
+    assert len(sources) == 1
+    bucket, key = sources.pop().removeprefix("s3://").split("/", 1)
+    uploaded = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert uploaded == (Path(__file__).parent.parent / "scripts" / "debug_rules.py").read_bytes()
+
+
+def test_cli_custom_rules_need_the_debugger(pushed, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--custom-rules", "--no-debugger", "--record", str(tmp_path / "job.json"),
+                        "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    assert "--custom-rules needs the Debugger hook" in str(exit_info.value.code)
     assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
