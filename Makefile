@@ -103,15 +103,55 @@ invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=ht
 .PHONY: teardown
 teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
 	scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
+
+# ---------------------------------------------------------------- debugging report
+# Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
+REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
+.PHONY: report
+report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION)) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
 # ---------------------------------------------------------------- training (code/train.py)
-DATA ?=
-OUT ?=
-HP ?=
 .PHONY: train-local
 train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"'; exit 2; }
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
 	$(TRAIN_PY) -m scripts.train_local --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: bench-train
 bench-train: $(TRAIN_ENV) ## training benchmark (smdebug hook cost, loader vs model step) -> benchmarks/train.md
 	$(TRAIN_PY) -m scripts.bench_train --out benchmarks/train.md
+
+# ---------------------------------------------------------------- containers
+# Images: names and tags from scripts/images.py. Docker engine: the one that answers, else (as root)
+# a private dockerd under ~/.cache/sagemaker-classifier/docker, stopped again after each target.
+# Build options (variables or environment): BASE_IMAGE, PIP_CERT (a CA for pip, passed as a BuildKit
+# secret), PIP_INDEX_URL, WHEELHOUSE, TORCH_CPU_INDEX, PRETRAINED_MODELS="resnet50" (bakes ImageNet
+# weights into the training image), HTTP(S)_PROXY. Push: ACCOUNT and REGION, else the AWS configuration.
+# (Variables given on make's command line reach the scripts' environment by themselves.)
+PORT ?= 8080
+
+.PHONY: build
+build: ## build both images for linux/amd64, tagged with the git short SHA and latest
+	$(PYTHON) -m scripts.docker_build train serve
+
+.PHONY: push
+push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both images (ACCOUNT=, REGION=)
+	$(DEV_PY) -m scripts.ecr push train serve
+
+.PHONY: local-train
+local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> HP="--epochs 2"
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [HP=...]"; exit 2; }
+	$(PYTHON) -m scripts.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
+
+.PHONY: local-serve
+local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080
+	@test -n "$(MODEL)" || { echo "usage: make local-serve MODEL=<model.tar.gz or folder> [PORT=8080]"; exit 2; }
+	$(PYTHON) -m scripts.local_mode serve --model "$(MODEL)" --port $(PORT)
+
+.PHONY: demo
+demo: $(DEV_ENV) ## end to end in containers: sample data (or DATA=dogImages), build, train, serve, predict top-5
+	$(DEV_PY) -m scripts.demo $(if $(DATA),--data "$(DATA)") $(if $(HP),-- $(HP))
+
+.PHONY: engine-stop
+engine-stop: ## stop the private Docker engine if one was left running
+	$(PYTHON) -m scripts.docker_engine stop

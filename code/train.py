@@ -60,6 +60,10 @@ class TrainingStopped(Exception):
 
 
 def parse_hyperparameters(argv: list[str] | None = None) -> argparse.Namespace:
+    """The hyperparameters from the command line, or from ``SM_HPS`` when there is none."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # started without the toolkit's arguments: the job's values are in SM_HPS too
+        argv = [f"--{name}={value}" for name, value in sagemaker_env.hyperparameters().items()]
     parser = build_parser()
 
     def reject(message: str) -> NoReturn:
@@ -90,6 +94,37 @@ def select_device() -> torch.device:
     return torch.device("cuda")
 
 
+class Tally:
+    """Loss and accuracy of a pass, summed on the device (no synchronisation per step)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float() * targets.size(0)
+        self.correct += (outputs.argmax(dim=1) == targets).sum()
+        self.seen += targets.size(0)
+
+    def result(self) -> tuple[float, float]:
+        """(mean loss, accuracy)."""
+        return self.loss_sum.item() / max(self.seen, 1), self.correct.item() / max(self.seen, 1)
+
+
+def forward(
+    model: nn.Module, criterion: nn.Module, images: torch.Tensor, targets: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Moves a batch to the device and runs it: (outputs, loss, targets). Mixed precision on CUDA."""
+    on_gpu = device.type == "cuda"
+    memory_format = torch.channels_last if on_gpu else torch.preserve_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    targets = targets.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=on_gpu):
+        outputs = model(images)
+        return outputs, criterion(outputs, targets), targets
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -101,28 +136,17 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over the training data: (mean loss, accuracy). Ends early when a stop is requested."""
     model.train()
-    use_amp = device.type == "cuda"
-    memory_format = torch.channels_last if use_amp else torch.contiguous_format
-    # Sums stay on the device: no synchronisation per step.
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    tally = Tally(device)
     for images, targets in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            outputs = model(images)
-            loss = criterion(outputs, targets)
+        outputs, loss, targets = forward(model, criterion, images, targets, device)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.detach().float() * targets.size(0)
-        correct += (outputs.argmax(dim=1) == targets).sum()
-        seen += targets.size(0)
+        tally.add(loss, outputs, targets)
         if stop.requested:
             break
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+    return tally.result()
 
 
 @torch.inference_mode()
@@ -131,21 +155,11 @@ def evaluate(
 ) -> tuple[float, float]:
     """(mean loss, accuracy) over a split, with the serving preprocessing (the loader's transform)."""
     model.eval()
-    use_amp = device.type == "cuda"
-    memory_format = torch.channels_last if use_amp else torch.contiguous_format
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    tally = Tally(device)
     for images, targets in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            outputs = model(images)
-            loss = criterion(outputs, targets)
-        loss_sum += loss.float() * targets.size(0)
-        correct += (outputs.argmax(dim=1) == targets).sum()
-        seen += targets.size(0)
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+        outputs, loss, targets = forward(model, criterion, images, targets, device)
+        tally.add(loss, outputs, targets)
+    return tally.result()
 
 
 def check_finite(name: str, value: float, epoch: int) -> None:
@@ -161,6 +175,7 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> None:
+    """The whole job: data, model, training loop, test, artifact."""
     stop = StopSignal().install()
     export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
     seed_everything(args.seed)

@@ -8,7 +8,7 @@ The hook saves what the built-in rules read: ``gradients`` (VanishingGradient), 
 ``weights`` and ``biases`` for the debugging report. The rules' own defaults save every 500
 steps, which a dogImages run (about 100 steps an epoch) would sample only a few times; we save
 every ``save_interval`` steps, and the validation loss at every evaluation step, which Overfit
-and Overtraining compare with the training loss.
+and Overtraining compare with the training loss; parameters and gradients only in training.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ BUILT_IN_RULES = (
 # Collections a rule reads that its base configuration in rule_configs does not declare.
 EXTRA_RULE_COLLECTIONS = {"overfit": ("losses",), "overtraining": ("losses",)}
 REPORT_COLLECTIONS = ("weights", "biases")
+# Parameters and gradients do not change during evaluation: saved in training steps only.
+TRAIN_ONLY_COLLECTIONS = ("gradients", "weights", "biases")
 PROFILER_REPORT_RULE = "ProfilerReport"
 PROFILING_INTERVAL_MS = 500
 # Where SageMaker's hook writes inside the container (our trainer's default too).
@@ -63,6 +65,8 @@ def hook_collections(save_interval: int) -> list[dict]:
     collections.setdefault("losses", {})["eval.save_interval"] = "1"
     for name in REPORT_COLLECTIONS:
         collections.setdefault(name, {"save_interval": interval})
+    for name in TRAIN_ONLY_COLLECTIONS:
+        collections[name]["eval.end_step"] = "0"  # smdebug: no evaluation step is saved
     return [{"CollectionName": name, "CollectionParameters": parameters}
             for name, parameters in collections.items()]
 

@@ -25,7 +25,7 @@ import botocore.exceptions
 
 from classifier import metrics, sagemaker_env
 from classifier.hyperparameters import build_parser
-from scripts import aws_config, debugger_config, ecr_lookup, jobs
+from scripts import aws_config, custom_rules, debugger_config, ecr_lookup, jobs
 from scripts.aws_config import AwsContext, LaunchError
 from scripts.jobs import JobResources
 
@@ -51,6 +51,8 @@ class TrainingJobSpec:
     debugger_save_interval: int = DEFAULT_SAVE_INTERVAL
     debugger: bool = True  # the hook and the five built-in rules
     profiler: bool = True  # system monitoring and the ProfilerReport rule
+    # s3:// URI of scripts/debug_rules.py: this project's rules run beside the built-in ones
+    custom_rules_source: str | None = None
 
     def locations(self) -> dict[str, str]:
         """Where SageMaker puts what this job produces (its conventions under the output path)."""
@@ -75,7 +77,6 @@ class TrainingJobSpec:
 
 def training_job_request(spec: TrainingJobSpec) -> dict:
     """The CreateTrainingJob parameters (pure: no AWS call)."""
-    locations = spec.locations()
     resources = spec.resources
     request = {
         "TrainingJobName": spec.job_name,
@@ -104,13 +105,22 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         # Synced to S3 while the job runs; a spot job interrupted and restarted resumes from it.
         "CheckpointConfig": {"S3Uri": spec.checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH},
     }
+    # SageMaker appends <job>/debug-output and <job>/profiler-output to these paths itself
+    # (locations() names the results), so both get the job's output path.
     if spec.debugger:
         request["DebugHookConfig"] = debugger_config.debug_hook_config(
-            locations["debugger_tensors"], spec.debugger_save_interval
+            spec.output_uri, spec.debugger_save_interval
         )
         request["DebugRuleConfigurations"] = debugger_config.debug_rule_configurations(spec.region)
+        if spec.custom_rules_source:
+            request["DebugRuleConfigurations"] += custom_rules.debug_rule_configurations(
+                spec.custom_rules_source, spec.region
+            )
+            hook = request["DebugHookConfig"]
+            collections = hook["CollectionConfigurations"]
+            hook["CollectionConfigurations"] = custom_rules.losses_every_step(collections)
     if spec.profiler:
-        request["ProfilerConfig"] = debugger_config.profiler_config(locations["profiler_data"])
+        request["ProfilerConfig"] = debugger_config.profiler_config(spec.output_uri)
         request["ProfilerRuleConfigurations"] = debugger_config.profiler_rule_configurations(spec.region)
     return request
 
@@ -175,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--debugger", action=argparse.BooleanOptionalAction, default=True,
                         help="SageMaker Debugger hook and built-in rules (closed to accounts new since "
                              "2026-07-30: use --no-debugger --no-profiler there)")
+    parser.add_argument("--custom-rules", action="store_true",
+                        help="also run this project's rules (scripts/debug_rules.py) as custom rules; "
+                             "the file is uploaded beside the job outputs")
     parser.add_argument("--profiler", action=argparse.BooleanOptionalAction, default=True,
                         help="SageMaker system profiling and the ProfilerReport rule")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
@@ -191,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         context = aws_config.connect(args, needs=("role_arn", "bucket"))
         config = context.config
         job_name = args.job_name or aws_config.timestamped_name(JOB_BASE_NAME)
+        if args.custom_rules and not args.debugger:
+            raise LaunchError("--custom-rules needs the Debugger hook: drop --no-debugger")
+        custom_rules_source = (
+            custom_rules.upload_rules_source(context.client("s3"), config.s3_uri("debug-rules", job_name))
+            if args.custom_rules else None
+        )
         spec = TrainingJobSpec(
             job_name=job_name,
             image_uri=ecr_lookup.image_for(context, "train", args.image_tag),
@@ -204,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             debugger_save_interval=args.debugger_save_interval,
             debugger=args.debugger,
             profiler=args.profiler,
+            custom_rules_source=custom_rules_source,
         )
         try:
             record = start(context, spec)

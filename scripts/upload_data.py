@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import sys
 import urllib.request
 import zipfile
@@ -58,7 +57,14 @@ def download(url: str, target: Path) -> Path:
     print(f"downloading {url} to {target}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as output:
-            shutil.copyfileobj(response, output, length=1 << 20)
+            total, done, reported = int(response.headers.get("Content-Length") or 0), 0, 0
+            while block := response.read(1 << 20):
+                output.write(block)
+                done += len(block)
+                if done - reported >= 100 << 20:  # a line every 100 MB
+                    reported = done
+                    of_total = f" of {total >> 20} MB" if total else " MB"
+                    print(f"  {done >> 20}{of_total}", file=sys.stderr)
     except OSError as error:
         raise DatasetError(f"could not download {url}: {error}") from error
     partial.replace(target)

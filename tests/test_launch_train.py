@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import boto3
 import botocore.session
@@ -9,7 +10,7 @@ import botocore.validate
 import pytest
 from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
 
-from classifier import metrics
+from classifier import artifact, metrics
 from scripts import images, jobs, train_job
 from scripts.aws_config import AwsContext, LaunchConfig, LaunchError
 
@@ -68,7 +69,8 @@ def test_request_has_the_rules_their_collections_and_the_regions_rule_image(regi
         assert collections[collection]["save_interval"] == "50"
     assert collections["relu_input"]["include_regex"] == ".*relu_input"
     assert collections["losses"]["eval.save_interval"] == "1"  # Overfit compares validation loss
-    assert hook["S3OutputPath"] == f"{CONFIG.output_uri('training')}/classifier-train-test/debug-output"
+    # SageMaker writes the tensors to <S3OutputPath>/<job>/debug-output.
+    assert hook["S3OutputPath"] == CONFIG.output_uri("training")
     assert hook["LocalPath"] == "/opt/ml/output/tensors"
     profiler_rules = request["ProfilerRuleConfigurations"]
     assert profiler_rules == [{
@@ -76,8 +78,50 @@ def test_request_has_the_rules_their_collections_and_the_regions_rule_image(regi
         "RuleEvaluatorImage": RULE_IMAGES[region],
         "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
     }]
-    assert request["ProfilerConfig"]["S3OutputPath"].endswith("/classifier-train-test/profiler-output")
+    assert request["ProfilerConfig"]["S3OutputPath"] == CONFIG.output_uri("training")
     assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # smdebug 1.0.34 on current numpy/protobuf
+def test_the_hook_config_makes_the_trainers_hook_save_what_each_rule_reads(tmp_path):
+    """SageMaker hands our DebugHookConfig to the container as JSON; the trainer's hook follows it."""
+    import torch
+    import torchvision
+    from smdebug import modes
+    from smdebug.trials import create_trial
+
+    from classifier.debugger import Debugger
+
+    config = train_job.training_job_request(spec(debugger_save_interval=2))["DebugHookConfig"]
+    config_file = tmp_path / "debughookconfig.json"
+    config_file.write_text(json.dumps({**config, "LocalPath": str(tmp_path / "tensors")}))
+    debugger = Debugger.create(config_file, tmp_path / "local-default", save_interval=1000)
+    model, criterion = torchvision.models.resnet18(num_classes=3), torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    debugger.watch(model, criterion)
+    debugger.train()
+    for _ in range(3):  # steps 0 and 2 are saved
+
+        optimizer.zero_grad()
+        criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+        optimizer.step()
+    debugger.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([2, 0]))
+    debugger.close()
+
+    trial = create_trial(str(tmp_path / "tensors"))
+    for rule, collection in RULE_COLLECTIONS.items():
+        names = trial.tensor_names(collection=collection)
+        assert names, f"{rule} reads {collection}, which holds no tensors"
+        assert trial.tensor(names[0]).steps(mode=modes.TRAIN) == [0, 2], collection
+    relu_inputs = trial.tensor_names(collection="relu_input")
+    assert all(name.endswith(("relu_input_0", "relu_input_1")) for name in relu_inputs)
+    loss = trial.tensor(trial.tensor_names(collection="losses")[0])
+    assert loss.steps(mode=modes.EVAL) == [0, 1, 2]  # every validation step, for Overfit
+    for collection in ("gradients", "weights", "biases"):
+        assert trial.tensor(trial.tensor_names(collection=collection)[0]).steps(mode=modes.EVAL) == []
 
 
 def test_request_has_image_hyperparameters_data_spot_and_checkpoints():
@@ -109,6 +153,20 @@ def test_metric_regexes_in_the_request_read_the_trainers_lines():
     read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in definitions}
     assert read == {"train:loss": [0.75], "train:accuracy": [0.5], "validation:loss": [0.625],
                     "validation:accuracy": [0.5625], "test:loss": [0.5], "test:accuracy": [0.875]}
+
+
+def test_the_requests_metric_regexes_read_the_real_training_log(trained_run, trained_run_log):
+    """The shared training run's own log, read as SageMaker reads it, gives its metrics.json figures."""
+    report = json.loads((trained_run / "model" / artifact.METRICS_FILE).read_text())
+    definitions = train_job.training_job_request(spec())["AlgorithmSpecification"]["MetricDefinitions"]
+    read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], trained_run_log)] for d in definitions}
+    epochs = report["epochs"]
+    assert len(epochs) >= 1
+    for name, field in (("train:loss", "train_loss"), ("train:accuracy", "train_accuracy"),
+                        ("validation:loss", "valid_loss"), ("validation:accuracy", "valid_accuracy")):
+        assert read[name] == pytest.approx([epoch[field] for epoch in epochs], abs=1e-6), name
+    assert read["test:loss"] == pytest.approx([report["test"]["test_loss"]], abs=1e-6)
+    assert read["test:accuracy"] == pytest.approx([report["test"]["test_accuracy"]], abs=1e-6)
 
 
 def test_output_locations_follow_sagemakers_layout():
@@ -199,6 +257,7 @@ def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, t
     (["--role-arn", ROLE_ARN], "no S3 bucket"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--", "--batch-size", "-1"], "batch-size"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--image-tag", "v9"], "sagemaker-classifier-train:v9"),
+    (["--role-arn", ROLE_ARN, "--bucket", "sagemaker-nobody"], "bucket 'sagemaker-nobody' does not exist"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--max-run-hours", "2", "--max-wait-hours", "1"],
      "spot wait limit"),
 ])
@@ -206,4 +265,41 @@ def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         train_job.main(argv)
     assert message in str(exit_info.value.code)
+    assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_custom_rules_run_beside_the_built_in_ones_with_losses_saved_every_step():
+    source = f"s3://{BUCKET}/debug-rules/job/debug_rules.py"
+    request = train_job.training_job_request(spec(custom_rules_source=source))
+    validate_against_api("CreateTrainingJob", request)
+    names = [rule["RuleConfigurationName"] for rule in request["DebugRuleConfigurations"]]
+    assert set(RULE_COLLECTIONS) <= set(names)
+    custom = [rule for rule in request["DebugRuleConfigurations"]
+              if rule["RuleConfigurationName"].startswith("Custom")]
+    assert sorted(rule["RuleParameters"]["rule_to_invoke"] for rule in custom) == sorted(
+        ["LossNotDecreasing", "Overfit", "VanishingGradient", "PoorWeightInitialization"])
+    assert {rule["RuleParameters"]["source_s3_uri"] for rule in custom} == {source}
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in request["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections["losses"]["save_interval"] == "1"
+    assert "CustomOverfit" not in str(train_job.training_job_request(spec())["DebugRuleConfigurations"])
+
+
+def test_cli_custom_rules_uploads_the_rules_file_and_attaches_them(pushed, tmp_path):
+    train_job.main(["--job-name", "classifier-train-custom", "--custom-rules", "--no-wait",
+                    "--record", str(tmp_path / "job.json"), "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-custom")
+    sources = {rule["RuleParameters"]["source_s3_uri"] for rule in stored["DebugRuleConfigurations"]
+               if rule["RuleConfigurationName"].startswith("Custom")}
+    assert len(sources) == 1
+    bucket, key = sources.pop().removeprefix("s3://").split("/", 1)
+    uploaded = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert uploaded == (Path(__file__).parent.parent / "scripts" / "debug_rules.py").read_bytes()
+
+
+def test_cli_custom_rules_need_the_debugger(pushed, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--custom-rules", "--no-debugger", "--record", str(tmp_path / "job.json"),
+                        "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    assert "--custom-rules needs the Debugger hook" in str(exit_info.value.code)
     assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []

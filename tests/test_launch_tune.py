@@ -9,7 +9,7 @@ from launch_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
 
 from classifier import metrics
 from classifier.hyperparameters import SEARCH_SPACE
-from scripts import jobs, tune
+from scripts import jobs, train_job, tune
 from scripts.aws_config import AwsContext, LaunchConfig, LaunchError
 
 pytest_plugins = ["launch_fixtures"]
@@ -116,7 +116,11 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
     assert "CheckpointConfig" not in definition  # trials share no checkpoint prefix
 
     # The regexes sent read the trainer's metric lines back; the objective is the validation loss.
+    # They are the training job's too, which test_launch_train checks on a real training log.
     sent = definition["AlgorithmSpecification"]["MetricDefinitions"]
+    assert sent == train_job.training_job_request(train_job.TrainingJobSpec(
+        "j", "image", ROLE_ARN, REGION, "s3://b/d", "s3://b/o", "s3://b/c", debugger=False, profiler=False,
+    ))["AlgorithmSpecification"]["MetricDefinitions"]
     log = "\n".join([
         "epoch noise",
         metrics.format_epoch_line(1, 2.5, 0.25, 2.125, 0.375),

@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ import torch
 import train
 from classifier import checkpoints, data, debugger, models, optimization, resources
 from classifier.errors import TrainingError
-from classifier.hyperparameters import FINE_TUNE_POLICIES
+from classifier.hyperparameters import FINE_TUNE_POLICIES, build_parser
 
 
 @pytest.mark.parametrize(("folder", "name"), [
@@ -86,6 +87,13 @@ def test_bad_hyperparameters_become_a_training_error():
         train.parse_hyperparameters(["--fine-tune", "everything"])
     with pytest.raises(TrainingError, match="unrecognized arguments: --learning_rate"):
         train.parse_hyperparameters(["--learning_rate", "0.1"])
+
+
+def test_hyperparameters_come_from_sm_hps_without_arguments(monkeypatch):
+    monkeypatch.setenv("SM_HPS", json.dumps({"epochs": 3, "pretrained": False, "model-name": "resnet18"}))
+    args = train.parse_hyperparameters([])
+    assert (args.epochs, args.pretrained, args.model_name) == (3, False, "resnet18")
+    assert train.parse_hyperparameters(["--epochs", "5"]).epochs == 5  # arguments, when given, win
 
 
 def test_without_smdebug_training_goes_on_after_one_warning(monkeypatch, tmp_path, caplog):
@@ -160,3 +168,18 @@ def test_resource_sampler_writes_json_lines(tmp_path):
     samples = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(samples) >= 3
     assert samples[-1]["elapsed_s"] > samples[0]["elapsed_s"] and samples[0]["memory_percent"] > 0
+
+
+def test_readme_hyperparameter_table_matches_the_parser():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Hyperparameters", 1)[1].split("\n#", 1)[0]
+    documented = dict(re.findall(r"^\| `([a-z-]+)` \| `?([^`|]+?)`? \|", section, flags=re.MULTILINE))
+    parser = build_parser()
+    options = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    defaults = {action.option_strings[0][2:]: action.default for action in options}
+    assert list(documented) == list(defaults)
+    for name, default in defaults.items():
+        if isinstance(default, bool):
+            assert documented[name] == str(default).lower(), name
+        elif default is not None:
+            assert documented[name] == (f"{default:g}" if isinstance(default, float) else str(default)), name

@@ -1,0 +1,148 @@
+"""``make demo``: the whole story on this machine, in the real containers, as SageMaker runs them.
+
+    python -m scripts.demo [--data path/to/dogImages] [--work runs/demo] [-- --epochs 2 ...]
+
+1. data: a small generated dataset (``scripts.sample_data``), or ``--data`` (train/ valid/ test/);
+2. build both images (``scripts.docker_build``), tagged as ``make build`` tags them;
+3. train in the training container (``docker run IMAGE train``) -> ``WORK/opt_ml/model.tar.gz``;
+4. serve that artifact in the serving container (``docker run IMAGE serve``) and send one test
+   image per class through the same client a SageMaker endpoint is called with (``scripts.invoke``);
+5. print the top-5 of each, then stop the container (and the private Docker engine if one was
+   started for the demo);
+6. write the debugging report of the training run (``scripts.report``) and print its path.
+``WORK`` keeps the data, the /opt_ml folder, the artifact and ``report.html``.
+
+Hyperparameters after ``--`` go to the trainer; the generated data gets a quick recipe by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from classifier.hyperparameters import build_parser
+from scripts import docker_build, docker_engine, images, invoke, local_mode, opt_ml, report, sample_data
+from scripts.report_sources import load_local_run
+
+DEFAULT_WORK = Path("runs/demo")
+# Random initialisation (no weights can be downloaded on every machine), every layer training.
+SAMPLE_HYPERPARAMETERS = {
+    "model-name": "resnet18", "pretrained": False, "fine-tune": "all", "epochs": 5, "batch-size": 16,
+    "image-size": 32, "optimizer": "adamw", "learning-rate": 0.002, "warmup-epochs": 0, "workers": 1,
+    "seed": 0, "debugger-save-interval": 2,
+}  # fmt: skip
+SAMPLE_CLASSES = 5
+TOP_K = 5
+STEPS = 6
+
+
+def step(number: int, text: str) -> None:
+    print(f"\n==> [{number}/{STEPS}] {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def demo_hyperparameters(real_data: bool, overrides: list[str]) -> dict[str, object]:
+    """The generated data's quick recipe (none for real data: the trainer's defaults), then ``overrides``."""
+    chosen = {} if real_data else dict(SAMPLE_HYPERPARAMETERS)
+    chosen.update(opt_ml.parse_hyperparameter_args(overrides))
+    build_parser().parse_args([f"--{name}={value}" for name, value in chosen.items()])  # fail early
+    return chosen
+
+
+def one_image_per_class(data: Path) -> list[tuple[str, Path]]:
+    """``(class folder, first image)`` of each class in the test split."""
+    test_split = data / sample_data.SPLITS[2]
+    samples = []
+    for folder in sorted(path for path in test_split.iterdir() if path.is_dir()):
+        files = sorted(path for path in folder.iterdir() if path.is_file())
+        if files:
+            samples.append((folder.name, files[0]))
+    return samples
+
+
+def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> int:
+    """The five steps; ``data`` None generates the sample dataset in ``work``. Returns the exit status."""
+    started = time.monotonic()
+    step(1, "data")
+    if data is None:
+        shutil.rmtree(work / "data", ignore_errors=True)
+        data = sample_data.make_dataset(work / "data", SAMPLE_CLASSES)
+        print(f"generated {SAMPLE_CLASSES} classes of coloured shapes in {data}")
+    else:
+        print(f"using {data}")
+
+    with docker_engine.engine_session() as engine:
+        step(2, "build the training and serving images")
+        base_image = docker_engine.ensure_base_image(engine, os.environ.get("BASE_IMAGE") or None)
+        tags = list(dict.fromkeys([images.git_tag(), images.LATEST]))
+        for kind in images.REPOSITORIES:
+            docker_build.build_image(engine, kind, tags, base_image)
+        step(3, f"train in the training container: {hyperparameters or 'the trainer defaults'}")
+        out = work / "opt_ml"
+        shutil.rmtree(out, ignore_errors=True)
+        trained = local_mode.train_in_container(
+            engine, data, out, hyperparameters, image=local_mode.image_name("train", tags[0])
+        )
+        if trained.returncode != 0:
+            print(f"training failed: {(out / 'output' / 'failure').read_text().strip()}", file=sys.stderr)
+            return 1
+        artifact = out / local_mode.MODEL_TAR
+        print(f"artifact: {artifact}")
+
+        step(4, "serve it in the serving container")
+        port = free_port()
+        image = local_mode.image_name("serve", tags[0])
+        with local_mode.serving_container(engine, artifact, port, image):
+            url = f"http://127.0.0.1:{port}"
+            print(f"healthy at {url}/ping")
+            step(5, f"top-{TOP_K} of one test image per class (scripts.invoke, as for an endpoint)")
+            for folder, path in one_image_per_class(data):
+                top_k = invoke.predict(
+                    path.read_bytes(), url=url, content_type=invoke.content_type_for(path), k=TOP_K
+                )
+                print(f"\n{path.relative_to(data)}  (true class: {folder})")
+                print(invoke.format_predictions(top_k))
+
+    step(6, "debugging report of the training run (scripts.report)")
+    written = report.write_report(load_local_run(out), work / "report.html")
+    report.print_outcomes(written)
+    print(f"report: {work / 'report.html'}")
+    print(f"\ndone in {time.monotonic() - started:.0f} s; data, /opt/ml and model.tar.gz are in {work}")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, help="a dogImages-like folder (default: generate one)")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where the demo keeps its files")
+    parser.add_argument("hyperparameters", nargs=argparse.REMAINDER, help="-- --epochs 2 ...")
+    args = parser.parse_args()
+    overrides = [item for item in args.hyperparameters if item != "--"]
+    if args.data is not None and not args.data.is_dir():
+        sys.exit(f"--data {args.data}: no such folder")
+    try:
+        hyperparameters = demo_hyperparameters(real_data=args.data is not None, overrides=overrides)
+        sys.exit(run(args.data, args.work.resolve(), hyperparameters))
+    except docker_engine.EngineUnavailable as error:
+        sys.exit(f"docker engine: {error}")
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"demo failed: {' '.join(map(str, error.cmd[:3]))} ... exited {error.returncode}")
+    except (invoke.InvokeError, TimeoutError, RuntimeError) as error:
+        sys.exit(f"demo failed: {error}")
+
+
+if __name__ == "__main__":
+    main()
