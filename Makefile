@@ -60,6 +60,9 @@ test: setup ## run the whole test suite (Docker tests included)
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
 
+.PHONY: bench
+bench: bench-train bench-serve ## every benchmark: results in benchmarks/*.md (summarised in the README)
+
 # ---------------------------------------------------------------- serving
 .PHONY: serve-local
 serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model server: MODEL=<folder> [PORT=8080]
