@@ -35,8 +35,10 @@ endef
 $(TRAIN_ENV):
 	$(call make_venv,train,docker/train/requirements.txt,)
 
+# PyTorch's CPU index only when no local wheel (pip's find-links, TORCH_FIND_LINKS) has the pinned torch.
+SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.docker_build serve --print-torch-index $(TORCH_CPU_INDEX))
 $(SERVE_ENV):
-	$(call make_venv,serve,docker/serve/requirements.txt,--extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
+	$(call make_venv,serve,docker/serve/requirements.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
 $(DEV_ENV):
 	$(call make_venv,dev,tests/requirements.txt,)

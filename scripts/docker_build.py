@@ -203,6 +203,20 @@ def wheelhouse_sources(environ: Mapping[str, str]) -> list[Path]:
     return host_find_links(_pip_config_listing(), environ)
 
 
+def host_torch_index(kind: str, configured: str, environ: Mapping[str, str]) -> str:
+    """The extra index ``pip install`` of ``kind``'s pins needs on this host for torch.
+
+    "" when a find-links folder already holds the pinned torch wheel: an unreachable index
+    would otherwise cost pip five retries for every package.
+    """
+    pins = parse_pins(requirements_file(kind).read_text())
+    torch = pins.get("torch")
+    local = (wheel for folder in wheelhouse_sources(environ) for wheel in folder.glob("torch-*.whl"))
+    wheels = pinned_candidates(pins, local)
+    local_hashes = {sha256_of(wheel) for wheel in wheels} if torch else set()
+    return torch_index_for(pins, local_hashes, configured)
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """A hard link when both lie on one file system (no copy of a 200 MB wheel), else a copy."""
     try:
@@ -290,7 +304,14 @@ def main() -> None:
         default=os.environ.get("PRETRAINED_MODELS", ""),
         help='training image: bake these models\' ImageNet weights, e.g. "resnet50"',
     )
+    parser.add_argument("--print-torch-index", metavar="INDEX_URL",
+                        help="print the torch index pip needs for the images' pins on this host "
+                             "(INDEX_URL, or nothing when a local wheel has the pinned torch), then exit")
     args = parser.parse_args()
+    if args.print_torch_index is not None:
+        for kind in args.kinds or ["serve"]:
+            print(host_torch_index(kind, args.print_torch_index, os.environ))
+        return
     unknown = set(args.kinds) - set(images.REPOSITORIES)
     if unknown:
         parser.error(f"unknown image(s) {sorted(unknown)}; choose from {sorted(images.REPOSITORIES)}")
