@@ -273,3 +273,15 @@ def test_mounts_under_the_private_engine_are_found_for_unmounting(tmp_path):
         "proc /proc proc rw 0 0\n"
     )
     assert docker_engine.mounts_under(listing, tmp_path) == [f"{tmp_path}/exec/netns/default"]
+
+
+def test_host_torch_index_is_kept_unless_a_local_wheel_has_the_pinned_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr(docker_build, "_pip_config_listing", lambda: "")
+    impostor = tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    impostor.write_bytes(b"not the pinned wheel")
+    environ = {"PIP_FIND_LINKS": str(tmp_path)}
+    assert docker_build.host_torch_index("serve", "https://index.example/cpu", environ) == (
+        "https://index.example/cpu")
+    pins = docker_build.parse_pins(docker_build.requirements_file("serve").read_text())
+    monkeypatch.setattr(docker_build, "sha256_of", lambda path: next(iter(pins["torch"].hashes)))
+    assert docker_build.host_torch_index("serve", "https://index.example/cpu", environ) == ""
