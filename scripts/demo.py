@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from classifier.hyperparameters import build_parser
 from scripts import docker_build, docker_engine, images, invoke, local_mode, opt_ml, report, sample_data
+from scripts.local_server import free_port
 from scripts.report_sources import load_local_run
 
 DEFAULT_WORK = Path("runs/demo")
@@ -44,12 +44,6 @@ STEPS = 6
 
 def step(number: int, text: str) -> None:
     print(f"\n==> [{number}/{STEPS}] {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def demo_hyperparameters(real_data: bool, overrides: list[str]) -> dict[str, object]:

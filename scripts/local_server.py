@@ -28,6 +28,7 @@ HEALTHY_TIMEOUT_S = 300.0  # workers importing torch on a busy 2-core machine
 
 
 def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

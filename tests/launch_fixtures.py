@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,7 @@ import pytest
 from launch_helpers import ACCOUNT, BUCKET, REGION, put_fake_image
 
 from scripts import images
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from scripts.local_server import free_port
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:

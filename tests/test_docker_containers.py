@@ -6,7 +6,6 @@ artifact the serving container then serves.
 
 import json
 import shutil
-import socket
 import tarfile
 import time
 import urllib.error
@@ -18,6 +17,7 @@ import pytest
 
 from classifier import artifact, protocol
 from scripts import demo, local_mode, opt_ml
+from scripts.local_server import free_port
 from scripts.sample_data import SPLITS, class_folder_names
 
 pytest_plugins = ["docker_fixtures"]
@@ -38,12 +38,6 @@ SIGKILLED = 137
 
 def output_tail(result) -> str:
     return "\n".join(((result.stdout or "") + (result.stderr or "")).splitlines()[-30:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(port: int, body: bytes, content_type: str | None) -> tuple[int, dict]:
