@@ -36,7 +36,7 @@ $(TRAIN_ENV):
 	$(call make_venv,train,docker/train/requirements.txt,)
 
 # PyTorch's CPU index only when no local wheel (pip's find-links, TORCH_FIND_LINKS) has the pinned torch.
-SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.docker_build serve --print-torch-index $(TORCH_CPU_INDEX))
+SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.containers.build serve --print-torch-index $(TORCH_CPU_INDEX))
 $(SERVE_ENV):
 	$(call make_venv,serve,docker/serve/requirements.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
@@ -74,7 +74,7 @@ serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model s
 
 .PHONY: bench-serve
 bench-serve: $(DEV_ENV) $(SERVE_ENV) ## serving latency vs bare forward, throughput per workers, startup: benchmarks/serve.md [MODEL=]
-	$(DEV_PY) -m scripts.bench_serve run $(if $(MODEL),--model-dir "$(MODEL)")
+	$(DEV_PY) -m scripts.bench.serve run $(if $(MODEL),--model-dir "$(MODEL)")
 
 # ---------------------------------------------------------------- on AWS (README "On AWS")
 # Settings: AWS_PROFILE, AWS_REGION, ROLE_ARN, BUCKET (and S3_PREFIX), as variables
@@ -85,15 +85,15 @@ HP_FILE ?= $(wildcard runs/aws/best-hyperparameters.json)
 
 .PHONY: upload-data
 upload-data: $(DEV_ENV) ## put dogImages in S3: downloaded, or DATA=<ImageFolder folder or .zip>; resumable
-	$(DEV_PY) -m scripts.upload_data $(if $(DATA),--data "$(DATA)",--download)
+	$(DEV_PY) -m scripts.aws.upload_data $(if $(DATA),--data "$(DATA)",--download)
 
 .PHONY: tune
 tune: $(DEV_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --max-jobs 12 --no-wait", HP= static
-	$(DEV_PY) -m scripts.tune $(TUNE_ARGS) -- $(HP)
+	$(DEV_PY) -m scripts.aws.tune $(TUNE_ARGS) -- $(HP)
 
 .PHONY: train
 train: $(DEV_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=
-	$(DEV_PY) -m scripts.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(TRAIN_ARGS) -- $(HP)
+	$(DEV_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(TRAIN_ARGS) -- $(HP)
 
 .PHONY: deploy
 deploy: $(DEV_ENV) ## create or update ENDPOINT from the last `make train` (or TRAINING_JOB=, MODEL_DATA=s3://, MODEL=<tar.gz>)
@@ -103,7 +103,7 @@ deploy: $(DEV_ENV) ## create or update ENDPOINT from the last `make train` (or T
 .PHONY: invoke
 invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=http://127.0.0.1:8080), K=5
 	@test -n "$(IMAGE)" || { echo "usage: make invoke IMAGE=<image file> [ENDPOINT=... | URL=...] [K=3]"; exit 2; }
-	$(DEV_PY) -m scripts.invoke "$(IMAGE)" $(if $(URL),--url "$(URL)",--endpoint "$(ENDPOINT)") $(if $(K),--k $(K))
+	$(DEV_PY) -m scripts.aws.invoke "$(IMAGE)" $(if $(URL),--url "$(URL)",--endpoint "$(ENDPOINT)") $(if $(K),--k $(K))
 
 .PHONY: teardown
 teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
@@ -115,43 +115,44 @@ REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report
 .PHONY: report
 report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
-	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REGION),--region $(REGION)) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
 train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
 	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
-	$(TRAIN_PY) -m scripts.train_local --data "$(DATA)" --out "$(OUT)" $(HP)
+	$(TRAIN_PY) -m scripts.local.train --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: bench-train
 bench-train: $(TRAIN_ENV) ## training benchmark (smdebug hook cost, loader vs model step) -> benchmarks/train.md
-	$(TRAIN_PY) -m scripts.bench_train --out benchmarks/train.md
+	$(TRAIN_PY) -m scripts.bench.train --out benchmarks/train.md
 
 # ---------------------------------------------------------------- containers
-# Images: names and tags from scripts/images.py. Docker engine: the one that answers, else (as root)
+# Images: names and tags from scripts/containers/images.py. Docker engine: the one that answers, else (as root)
 # a private dockerd under ~/.cache/sagemaker-classifier/docker, stopped again after each target.
 # Build options (variables or environment): BASE_IMAGE, PIP_CERT (a CA for pip, passed as a BuildKit
 # secret), PIP_INDEX_URL, WHEELHOUSE, TORCH_CPU_INDEX, PRETRAINED_MODELS="resnet50" (bakes ImageNet
-# weights into the training image), HTTP(S)_PROXY. Push: ACCOUNT and REGION, else the AWS configuration.
+# weights into the training image), HTTP(S)_PROXY. Push: to the account and AWS_REGION of the AWS settings.
 # (Variables given on make's command line reach the scripts' environment by themselves.)
 PORT ?= 8080
 
 .PHONY: build
 build: ## build both images for linux/amd64, tagged with the git short SHA and latest
-	$(PYTHON) -m scripts.docker_build train serve
+	$(PYTHON) -m scripts.containers.build train serve
 
 .PHONY: push
-push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both images (ACCOUNT=, REGION=)
-	$(DEV_PY) -m scripts.ecr push train serve
+push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both images (AWS settings as for train)
+	$(DEV_PY) -m scripts.containers.push train serve
 
 .PHONY: local-train
 local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> HP="--epochs 2"
 	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [HP=...]"; exit 2; }
-	$(PYTHON) -m scripts.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
+	$(PYTHON) -m scripts.containers.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: local-serve
 local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080
 	@test -n "$(MODEL)" || { echo "usage: make local-serve MODEL=<model.tar.gz or folder> [PORT=8080]"; exit 2; }
-	$(PYTHON) -m scripts.local_mode serve --model "$(MODEL)" --port $(PORT)
+	$(PYTHON) -m scripts.containers.local_mode serve --model "$(MODEL)" --port $(PORT)
 
 .PHONY: demo
 demo: $(DEV_ENV) ## end to end in containers: sample data (or DATA=dogImages), build, train, serve, predict top-5
@@ -159,4 +160,4 @@ demo: $(DEV_ENV) ## end to end in containers: sample data (or DATA=dogImages), b
 
 .PHONY: engine-stop
 engine-stop: ## stop the private Docker engine if one was left running
-	$(PYTHON) -m scripts.docker_engine stop
+	$(PYTHON) -m scripts.engine stop

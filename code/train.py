@@ -35,13 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from classifier import checkpoints, export, models, optimization, sagemaker_env
+from classifier.artifact import RESOURCE_USAGE_FILE
 from classifier.checkpoints import StopSignal
 from classifier.data import build_loaders, load_splits
 from classifier.debugger import Debugger
 from classifier.errors import TrainingError
 from classifier.hyperparameters import build_parser
 from classifier.metrics import format_epoch_line, format_test_line
-from classifier.resources import RESOURCE_USAGE_FILE, ResourceSampler
+from classifier.resources import ResourceSampler
 
 logger = logging.getLogger("train")
 

@@ -2,11 +2,11 @@
 
     python -m scripts.demo [--data path/to/dogImages] [--work runs/demo] [-- --epochs 2 ...]
 
-1. data: a small generated dataset (``scripts.sample_data``), or ``--data`` (train/ valid/ test/);
-2. build both images (``scripts.docker_build``), tagged as ``make build`` tags them;
+1. data: a small generated dataset (``scripts.datasets.sample``), or ``--data`` (train/ valid/ test/);
+2. build both images (``scripts.containers.build``), tagged as ``make build`` tags them;
 3. train in the training container (``docker run IMAGE train``) -> ``WORK/opt_ml/model.tar.gz``;
 4. serve that artifact in the serving container (``docker run IMAGE serve``) and send one test
-   image per class through the same client a SageMaker endpoint is called with (``scripts.invoke``);
+   image per class through the same client a SageMaker endpoint is called with (``scripts.aws.invoke``);
 5. print the top-5 of each, then stop the container (and the private Docker engine if one was
    started for the demo);
 6. write the debugging report of the training run (``scripts.report``) and print its path.
@@ -25,10 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from classifier.hyperparameters import build_parser
-from scripts import docker_build, docker_engine, images, invoke, local_mode, opt_ml, report, sample_data
-from scripts.local_server import free_port
-from scripts.report_sources import load_local_run
+from classifier.dataset import SPLITS
+from classifier.hyperparameters import build_parser, parse_name_value_pairs
+from scripts.aws import invoke
+from scripts.containers import build, images, local_mode
+from scripts.datasets import sample
+from scripts.engine import dockerd
+from scripts.engine.base_image import ensure_base_image
+from scripts.engine.errors import EngineUnavailable
+from scripts.local.server import free_port
+from scripts.report.document import print_outcomes, write_report
+from scripts.report.sources import load_local_run
 
 DEFAULT_WORK = Path("runs/demo")
 # Random initialisation (no weights can be downloaded on every machine), every layer training.
@@ -49,14 +56,14 @@ def step(number: int, text: str) -> None:
 def demo_hyperparameters(real_data: bool, overrides: list[str]) -> dict[str, object]:
     """The generated data's quick recipe (none for real data: the trainer's defaults), then ``overrides``."""
     chosen = {} if real_data else dict(SAMPLE_HYPERPARAMETERS)
-    chosen.update(opt_ml.parse_hyperparameter_args(overrides))
+    chosen.update(parse_name_value_pairs(overrides))
     build_parser().parse_args([f"--{name}={value}" for name, value in chosen.items()])  # fail early
     return chosen
 
 
 def one_image_per_class(data: Path) -> list[tuple[str, Path]]:
     """``(class folder, first image)`` of each class in the test split."""
-    test_split = data / sample_data.SPLITS[2]
+    test_split = data / SPLITS[2]
     samples = []
     for folder in sorted(path for path in test_split.iterdir() if path.is_dir()):
         files = sorted(path for path in folder.iterdir() if path.is_file())
@@ -71,17 +78,17 @@ def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> in
     step(1, "data")
     if data is None:
         shutil.rmtree(work / "data", ignore_errors=True)
-        data = sample_data.make_dataset(work / "data", SAMPLE_CLASSES)
+        data = sample.make_dataset(work / "data", SAMPLE_CLASSES)
         print(f"generated {SAMPLE_CLASSES} classes of coloured shapes in {data}")
     else:
         print(f"using {data}")
 
-    with docker_engine.engine_session() as engine:
+    with dockerd.engine_session() as engine:
         step(2, "build the training and serving images")
-        base_image = docker_engine.ensure_base_image(engine, os.environ.get("BASE_IMAGE") or None)
+        base_image = ensure_base_image(engine, os.environ.get("BASE_IMAGE") or None)
         tags = list(dict.fromkeys([images.git_tag(), images.LATEST]))
         for kind in images.REPOSITORIES:
-            docker_build.build_image(engine, kind, tags, base_image)
+            build.build_image(engine, kind, tags, base_image)
         step(3, f"train in the training container: {hyperparameters or 'the trainer defaults'}")
         out = work / "opt_ml"
         shutil.rmtree(out, ignore_errors=True)
@@ -100,7 +107,7 @@ def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> in
         with local_mode.serving_container(engine, artifact, port, image):
             url = f"http://127.0.0.1:{port}"
             print(f"healthy at {url}/ping")
-            step(5, f"top-{TOP_K} of one test image per class (scripts.invoke, as for an endpoint)")
+            step(5, f"top-{TOP_K} of one test image per class (scripts.aws.invoke, as for an endpoint)")
             for folder, path in one_image_per_class(data):
                 top_k = invoke.predict(
                     path.read_bytes(), url=url, content_type=invoke.content_type_for(path), k=TOP_K
@@ -109,8 +116,8 @@ def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> in
                 print(invoke.format_predictions(top_k))
 
     step(6, "debugging report of the training run (scripts.report)")
-    written = report.write_report(load_local_run(out), work / "report.html")
-    report.print_outcomes(written)
+    written = write_report(load_local_run(out), work / "report.html")
+    print_outcomes(written)
     print(f"report: {work / 'report.html'}")
     print(f"\ndone in {time.monotonic() - started:.0f} s; data, /opt/ml and model.tar.gz are in {work}")
     return 0
@@ -130,7 +137,7 @@ def main() -> None:
     try:
         hyperparameters = demo_hyperparameters(real_data=args.data is not None, overrides=overrides)
         sys.exit(run(args.data, args.work.resolve(), hyperparameters))
-    except docker_engine.EngineUnavailable as error:
+    except EngineUnavailable as error:
         sys.exit(f"docker engine: {error}")
     except subprocess.CalledProcessError as error:
         sys.exit(f"demo failed: {' '.join(map(str, error.cmd[:3]))} ... exited {error.returncode}")

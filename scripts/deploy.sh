@@ -6,7 +6,7 @@
 #   scripts/deploy.sh teardown [--endpoint NAME]
 #
 # Settings: AWS_PROFILE, AWS_REGION, ROLE_ARN, BUCKET (or launch.toml). All the work is done by
-# scripts/deploy.py (python -m scripts.deploy --help); this is its shell entry point.
+# scripts/aws/deploy.py (python -m scripts.aws.deploy --help); this is its shell entry point.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${DEV_PY:-$root/.venv/dev/bin/python}"
@@ -16,4 +16,4 @@ if [[ "${1:-}" == "teardown" || "${1:-}" == "deploy" ]]; then
     command="$1"
     shift
 fi
-exec "$python" -m scripts.deploy "$command" "$@"
+exec "$python" -m scripts.aws.deploy "$command" "$@"

@@ -1,20 +1,27 @@
-"""Shared session fixtures: a tiny learnable dataset, and ONE real training run on it.
+"""Session fixtures every folder shares: a tiny learnable dataset, ONE real training run, a moto server.
 
 ``trained_run`` runs ``code/train.py`` through the SageMaker training toolkit on the host
-(``scripts.train_local.run_training``), like ``make train-local``; every test that needs a
+(``scripts.local.train.run_training``), like ``make train-local``; every test that needs a
 trained artifact, smdebug output or a training log reuses it, so the suite trains once.
+``moto_url`` is the AWS the launchers and the job report talk to (``tests/aws/conftest.py``).
+Each folder's ``conftest.py`` holds the fixtures of its own concern.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from train_helpers import TRAINED_RUN_HYPERPARAMETERS, TRAINING_TIMEOUT_S, fail_with_log
 
-from scripts.sample_data import make_dataset
-from scripts.train_local import run_training
+from scripts.datasets.sample import make_dataset
+from scripts.local.server import free_port
+from scripts.local.train import run_training
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +64,35 @@ def trained_run(_training_result) -> Path:
 def trained_run_log(_training_result) -> str:
     """That run's whole log (toolkit and train.py, stdout and stderr)."""
     return _training_result[1]
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto_server did not answer on {url} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory) -> Iterator[str]:
+    """A moto server for the whole session, on a free loopback port; stopped at the end."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

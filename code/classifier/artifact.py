@@ -1,7 +1,9 @@
-"""The layout of the model artifact (``SM_MODEL_DIR``, packed by SageMaker as ``model.tar.gz``).
+"""The names of what the trainer writes: the model artifact, and the evidence beside it.
 
-The trainer writes these files and the serving image reads them; neither spells a name itself.
-The artifact is self-contained: the serving code it needs travels in ``code/``.
+The artifact (``SM_MODEL_DIR``, packed by SageMaker as ``model.tar.gz``) is what the serving
+image reads; it is self-contained: the serving code it needs travels in ``code/``. The evidence
+in ``output/data`` (uploaded as ``output.tar.gz``) is what the report reads. No reader or writer
+spells a name itself. Standard library only: the launchers and the report import it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ CLASSES_FILE = "classes.json"  # ordered class names: index i is the model's out
 PREPROCESS_FILE = "preprocess.json"  # classifier.preprocessing.PreprocessConfig
 METRICS_FILE = "metrics.json"  # per-epoch and test metrics, hyperparameters
 CODE_DIR = "code"  # inference.py and the modules it imports
+# In output/data: CPU, memory and GPU samples, one JSON object per line (classifier.resources).
+RESOURCE_USAGE_FILE = "resource_usage.jsonl"
 
 # What the serving code needs from code/, relative to the source code folder.
 SERVING_CODE_FILES = (

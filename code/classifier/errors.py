@@ -7,3 +7,7 @@ class TrainingError(Exception):
     The message says what is wrong and, where it helps, what to do; the training entry writes
     it to ``output/failure``, which SageMaker shows as the job's FailureReason.
     """
+
+
+class DatasetError(TrainingError):
+    """The dataset breaks the rules of ``classifier.dataset`` (layout, classes, images)."""

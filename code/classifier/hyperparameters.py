@@ -9,6 +9,7 @@ recipe for dogImages on one GPU. Standard library only: the launchers import thi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50")
@@ -59,6 +60,26 @@ def _fraction(value: str) -> float:
 
 def _optional_seed(value: str) -> int | None:
     return None if value.strip().lower() in ("", "none", "null") else int(value)
+
+
+def as_sagemaker_strings(values: Mapping[str, object]) -> dict[str, str]:
+    """SageMaker passes every hyperparameter as a string (booleans as ``true``/``false``)."""
+    return {
+        name: (str(value).lower() if isinstance(value, bool) else str(value))
+        for name, value in values.items()
+    }
+
+
+def parse_name_value_pairs(args: list[str]) -> dict[str, str]:
+    """Reads ``--name value`` pairs (``make ... HP="--epochs 2 --model-name resnet18"``)."""
+    if len(args) % 2:
+        raise ValueError(f"hyperparameters must come as '--name value' pairs, got {args}")
+    pairs = {}
+    for name, value in zip(args[::2], args[1::2], strict=True):
+        if not name.startswith("--"):
+            raise ValueError(f"expected a '--name' before {value!r}, got {name!r}")
+        pairs[name[2:]] = value
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ Responses (``Accept``, default ``application/json``): ``{"predictions": [TOP_K]}
 the same as a structured array of shape ``(k,)`` or ``(n, k)`` with those three fields.
 Errors are JSON too: ``{"code": 415, "type": "UnsupportedMediaType", "message": "..."}``.
 
-Standard library only: clients (``scripts/invoke.py``) import it as well as the server.
+Standard library only: clients (``scripts/aws/invoke.py``) import it as well as the server.
 """
 
 from __future__ import annotations

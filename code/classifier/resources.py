@@ -25,7 +25,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-RESOURCE_USAGE_FILE = "resource_usage.jsonl"
 _NVIDIA_SMI_QUERY = ["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
 
 

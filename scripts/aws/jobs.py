@@ -1,0 +1,122 @@
+"""What tuning and training jobs share: image, compute, stopping condition, data, hyperparameters.
+
+Hyperparameters are checked with the trainer's own parser before a job is created, so a typo
+fails here in a second instead of in a container ten minutes later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from classifier.dataset import COMBINED_CHANNEL
+from classifier.hyperparameters import as_sagemaker_strings, build_parser, parse_name_value_pairs
+from scripts.aws.settings import AwsContext, LaunchError
+from scripts.containers import images
+
+DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"  # one T4 GPU, the cheapest GPU training instance
+DEFAULT_VOLUME_GB = 30
+DEFAULT_MAX_RUN_HOURS = 3.0
+CHANNEL = COMBINED_CHANNEL
+
+
+@dataclass(frozen=True)
+class JobResources:
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1  # the trainer runs on one instance (no distributed training)
+    volume_gb: int = DEFAULT_VOLUME_GB
+    max_run_seconds: int = int(DEFAULT_MAX_RUN_HOURS * 3600)
+    spot: bool = True
+    max_wait_seconds: int | None = None  # spot only: run time plus time waiting for capacity
+
+    def __post_init__(self):
+        if self.spot and self.max_wait_seconds is not None and self.max_wait_seconds < self.max_run_seconds:
+            raise LaunchError("the spot wait limit must be at least the run limit (--max-wait-hours)")
+
+    def stopping_condition(self) -> dict[str, int]:
+        """The API's StoppingCondition; spot jobs wait up to twice their run time unless told."""
+        condition = {"MaxRuntimeInSeconds": self.max_run_seconds}
+        if self.spot:
+            condition["MaxWaitTimeInSeconds"] = self.max_wait_seconds or 2 * self.max_run_seconds
+        return condition
+
+
+def resources_from_args(args: argparse.Namespace) -> JobResources:
+    return JobResources(
+        instance_type=args.instance_type,
+        volume_gb=args.volume_gb,
+        max_run_seconds=int(args.max_run_hours * 3600),
+        spot=args.spot,
+        max_wait_seconds=int(args.max_wait_hours * 3600) if args.max_wait_hours else None,
+    )
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options common to tuning and training jobs; hyperparameters come after ``--``."""
+    group = parser.add_argument_group("job")
+    group.add_argument("--data", help="S3 URI of the dataset (default: the upload_data location)")
+    group.add_argument("--image-tag", default=images.LATEST,
+                       help="tag of the pushed training image; the job runs its digest")
+    group.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
+    group.add_argument("--volume-gb", type=int, default=DEFAULT_VOLUME_GB)
+    group.add_argument("--max-run-hours", type=float, default=DEFAULT_MAX_RUN_HOURS)
+    group.add_argument("--spot", action=argparse.BooleanOptionalAction, default=True,
+                       help="managed spot training")
+    group.add_argument("--max-wait-hours", type=float, default=None,
+                       help="spot: run time plus waiting for capacity (default: twice --max-run-hours)")
+    parser.add_argument("hyperparameters", nargs=argparse.REMAINDER,
+                        help="after --: trainer hyperparameters as '--name value' pairs")
+
+
+def hyperparameter_args(remainder: list[str]) -> dict[str, str]:
+    """The ``-- --name value ...`` tail of the command line as a mapping."""
+    args = remainder[1:] if remainder[:1] == ["--"] else remainder
+    try:
+        return parse_name_value_pairs(args)
+    except ValueError as error:
+        raise LaunchError(str(error)) from error
+
+
+def check_hyperparameters(values: Mapping[str, object]) -> dict[str, str]:
+    """Validates names and values with the trainer's parser; returns them as SageMaker strings."""
+    strings = as_sagemaker_strings(values)
+    parser = build_parser()
+
+    def refuse(message: str):
+        raise LaunchError(f"invalid hyperparameters {strings}: {message}")
+
+    parser.error = refuse  # argparse would print usage and exit
+    parser.parse_args([item for name, value in strings.items() for item in (f"--{name}", value)])
+    return strings
+
+
+def read_hyperparameters_file(path: str | Path) -> dict[str, str]:
+    """Hyperparameters from a JSON file: the tuner's result (its ``hyperparameters``) or a plain mapping."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise LaunchError(f"hyperparameters file not found: {path}") from error
+    except json.JSONDecodeError as error:
+        raise LaunchError(f"hyperparameters file {path} is not JSON: {error}") from error
+    values = data.get("hyperparameters", data) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise LaunchError(f"{path}: expected a JSON object of hyperparameters")
+    return check_hyperparameters(values)
+
+
+def require_s3_prefix(context: AwsContext, uri: str) -> str:
+    """Checks that ``uri`` (an S3 prefix) holds objects, so a job is not started on missing data."""
+    if not uri.startswith("s3://"):
+        raise LaunchError(f"expected an s3:// URI for the data, got {uri!r}")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    s3 = context.client("s3")
+    try:
+        found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1)
+    except s3.exceptions.NoSuchBucket as error:
+        raise LaunchError(f"bucket {bucket!r} does not exist: run `make upload-data` first") from error
+    if not found.get("KeyCount"):
+        raise LaunchError(f"no data under {uri}: run `make upload-data` first (or pass --data)")
+    return uri

@@ -1,0 +1,222 @@
+"""Training throughput: the smdebug hook's cost, and data loading against model steps.
+
+    python -m scripts.bench.train [--model-name resnet50] [--image-sizes 32 64] [--steps 200] [--out FILE]
+    make bench-train
+
+In one process, on one generated dataset, with one seed, for each image size:
+
+* data loader: images/s of the training loader alone (decode, augmentation, collate; as many
+  workers as training uses by default);
+* model step: images/s of ``train.train_one_epoch`` on batches already in memory, for two
+  identical networks, one without a hook and one with the local default hook
+  (``classifier.debugger`` with the default save interval). The two take turns step by step
+  (ABBA order), so both see the same load on a shared machine; the hook's cost is the
+  difference in total time over all steps, save steps included. CPU time is reported too:
+  it is less sensitive to other processes than wall time.
+
+Writes a Markdown report (default ``benchmarks/train.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import train
+from classifier import models, optimization, sagemaker_env
+from classifier.checkpoints import StopSignal
+from classifier.data import build_loaders, load_splits
+from classifier.debugger import LOCAL_COLLECTIONS, Debugger
+from classifier.hyperparameters import build_parser
+from scripts.datasets.sample import make_dataset
+
+DEFAULTS = build_parser().parse_args([])
+CPU = torch.device("cpu")
+WARMUP_STEPS = 2
+
+
+def loader_throughput(loader, passes: int) -> float:
+    """Images per second of a loader on its own."""
+    next(iter(loader))  # start the workers
+    started, images = time.perf_counter(), 0
+    for _ in range(passes):
+        for batch, _targets in loader:
+            images += batch.size(0)
+    return images / (time.perf_counter() - started)
+
+
+@dataclass
+class Variant:
+    """One network (the same seed, so the same weights as the other) and its step timings."""
+
+    model: nn.Module
+    debugger: Debugger
+    wall_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=DEFAULTS.label_smoothing)
+        self.optimizer = optimization.build_optimizer(
+            self.model, DEFAULTS.optimizer, DEFAULTS.learning_rate, DEFAULTS.momentum, DEFAULTS.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.debugger.watch(self.model, self.criterion)
+        self.debugger.train()
+
+    def step(self, batch) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        train.train_one_epoch(
+            self.model, [batch], self.criterion, self.optimizer, self.scaler, CPU, StopSignal()
+        )
+        self.wall_s.append(time.perf_counter() - wall)
+        self.cpu_s.append(time.process_time() - cpu)
+
+
+def build_variant(model_name: str, num_classes: int, seed: int, debugger: Debugger) -> Variant:
+    torch.manual_seed(seed)
+    return Variant(models.build_model(model_name, num_classes, fine_tune=DEFAULTS.fine_tune), debugger)
+
+
+def measure(args: argparse.Namespace, data, image_size: int, workdir: Path) -> dict:
+    """Loader and step throughput at one image size, with and without the hook."""
+    workers = sagemaker_env.num_cpus()
+    torch.manual_seed(args.seed)
+    loader = build_loaders(data, image_size, args.batch_size, workers, pin_memory=False)["train"]
+    loader_ips = loader_throughput(loader, passes=2)
+    batches = list(itertools.islice(itertools.cycle(list(loader)), WARMUP_STEPS + args.steps))
+    del loader  # stops the workers
+
+    tensors = workdir / f"tensors-{image_size}"
+    hook = Debugger.create(workdir / "no-config.json", tensors, args.save_interval)
+    num_classes = len(data.class_folders)
+    plain = build_variant(args.model_name, num_classes, args.seed, Debugger())
+    hooked = build_variant(args.model_name, num_classes, args.seed, hook)
+    for index, batch in enumerate(batches):
+        for variant in (plain, hooked) if index % 2 == 0 else (hooked, plain):  # ABBA
+            variant.step(batch)
+    hook.close()
+
+    timed = range(WARMUP_STEPS, len(batches))
+    images = sum(batches[i][0].size(0) for i in timed)
+    plain_wall, hooked_wall = sum(plain.wall_s[i] for i in timed), sum(hooked.wall_s[i] for i in timed)
+    extra = {i: hooked.wall_s[i] - plain.wall_s[i] for i in timed}  # the same batch, back to back
+    # The hook counts steps from 0 (warmup included): it saves at steps 0, N, 2N, ...
+    save_steps = [i for i in timed if i % args.save_interval == 0]
+    step_extra = statistics.median(extra[i] for i in timed if i not in save_steps)
+    save_extra = statistics.mean([extra[i] for i in save_steps] or [0.0])
+    return {
+        "image_size": image_size,
+        "loader_ips": loader_ips,
+        "plain_ips": images / plain_wall,
+        "hooked_ips": images / hooked_wall,
+        "overhead_wall": hooked_wall / plain_wall - 1,
+        "overhead_cpu": sum(hooked.cpu_s[i] for i in timed) / sum(plain.cpu_s[i] for i in timed) - 1,
+        "step_ms": statistics.median(plain.wall_s[i] for i in timed) * 1000,
+        "step_extra_ms": step_extra * 1000,
+        "save_extra_s": save_extra,
+        "timed_saves": len(save_steps),
+        # Robust to other processes' load: typical per-step cost plus the measured save steps.
+        "overhead_estimate": (step_extra * (len(timed) - len(save_steps)) + save_extra * len(save_steps))
+        / plain_wall,
+    }
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
+
+
+def report(args: argparse.Namespace, results: list[dict]) -> str:
+    workers = sagemaker_env.num_cpus()
+    hook_table = markdown_table(
+        ["image size", "no hook, images/s", "default hook, images/s", "overhead: wall", "CPU",
+         "estimate", "median step, ms", "extra per step, ms", "extra per save, s"],
+        [[f"{r['image_size']} px", f"{r['plain_ips']:.1f}", f"{r['hooked_ips']:.1f}",
+          f"{r['overhead_wall']:+.1%}", f"{r['overhead_cpu']:+.1%}", f"**{r['overhead_estimate']:+.1%}**",
+          f"{r['step_ms']:.0f}", f"{r['step_extra_ms']:+.1f}",
+          f"{r['save_extra_s']:.2f} (x{r['timed_saves']})"] for r in results],
+    )
+    loader_table = markdown_table(
+        ["image size", f"data loader alone ({workers} workers), images/s", "model step alone, images/s",
+         "bottleneck"],
+        [[f"{r['image_size']} px", f"{r['loader_ips']:.0f}", f"{r['plain_ips']:.1f}",
+          "data loader" if r["loader_ips"] < r["plain_ips"] else "model step"] for r in results],
+    )
+    machine = f"{platform.machine()}, {workers} CPU cores (shared with other work), no GPU"
+    return f"""# Training benchmark
+
+Generated by `make bench-train` (`scripts/bench/train.py`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.
+Machine: {machine}; torch {torch.__version__}.
+Setup: {args.model_name} (fine-tune `{DEFAULTS.fine_tune}`, SGD), batch {args.batch_size},
+seed {args.seed}, crops from {args.source_size} px JPEGs; {args.steps} timed steps per variant
+after {WARMUP_STEPS} warmup steps, the two variants alternating step by step; {args.threads} torch
+thread(s) for the model steps (on a shared machine, more threads than free cores make OpenMP
+spin and step times swing tenfold).
+
+## smdebug hook cost
+
+The local default hook saves {", ".join(LOCAL_COLLECTIONS)} every {args.save_interval} steps
+(weights, biases and gradients in TRAIN mode only). Overhead = extra training time with
+the hook, save steps included (target: at most +10%), three ways: total wall time, total CPU
+time, and an estimate that other processes' load barely moves: the median extra time of a
+step that saves nothing (each step of the hooked network is paired with the same batch on the
+other) times those steps, plus the measured extra time of the save steps.
+
+{hook_table}
+
+The extra times hardly depend on the step's length (Python hooks, copying and writing the
+tensors), so with a faster step (a GPU) the overhead grows to about
+`extra per step / step + extra per save / (debugger-save-interval x step)`: raise the
+interval in proportion to keep the second term small.
+
+## Data loading against model steps
+
+{loader_table}
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-name", default=DEFAULTS.model_name)
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[32])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the model steps (1: stable timings on a shared machine)")
+    parser.add_argument("--source-size", type=int, default=160, help="side of the generated JPEGs")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per variant")
+    parser.add_argument("--save-interval", type=int, default=DEFAULTS.debugger_save_interval)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/train.md"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    # Removed at exit, after smdebug's own exit handler has written its end-of-trial marker there.
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    counts = {"train": 64, "valid": 1, "test": 1}
+    root = make_dataset(workdir / "data", 5, counts, size=args.source_size, seed=args.seed)
+    data = load_splits({"training": root}, max_bad_fraction=0.0, scan_threads=sagemaker_env.num_cpus())
+    results = [measure(args, data, size, workdir) for size in args.image_sizes]
+
+    text = report(args, results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Run the images locally exactly as SageMaker runs them: ``docker run IMAGE train|serve``.
+
+    python -m scripts.containers.local_mode train --data DIR --out DIR [--gpus all] [--epochs 2 ...]
+    python -m scripts.containers.local_mode serve --model model.tar.gz|DIR [--port 8080]
+
+Training: ``OUT`` is laid out as SageMaker lays out ``/opt/ml`` (``scripts.local.opt_ml.lay_out``) and its
+parts are mounted where SageMaker puts them; each data channel is mounted (read-only) at
+``/opt/ml/input/data/<channel>``, not linked. After a successful run ``OUT/model/`` is packed
+into ``OUT/model.tar.gz`` as SageMaker packs it. Serving: the artifact is unpacked to a folder
+mounted read-only at ``/opt/ml/model`` and the server listens on the host network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from classifier.dataset import COMBINED_CHANNEL
+from classifier.hyperparameters import parse_name_value_pairs
+from scripts.containers import images
+from scripts.engine import dockerd
+from scripts.engine.errors import EngineUnavailable
+from scripts.local import opt_ml
+
+CONTAINER_BASE = "/opt/ml"
+MODEL_TAR = "model.tar.gz"
+# DataLoader workers share tensors through /dev/shm; Docker's 64 MB default is too small for them.
+SHM_SIZE = "1g"
+SERVE_PORT = 8080
+# SageMaker's grace between SIGTERM and SIGKILL when it stops a training job.
+STOP_GRACE_S = 120
+
+
+def image_name(kind: str, tag: str = images.LATEST) -> str:
+    return f"{images.repository(kind)}:{tag}"
+
+
+def container_name(kind: str) -> str:
+    return f"{images.repository(kind)}-{uuid.uuid4().hex[:8]}"
+
+
+# ---------------------------------------------------------------- pure builders
+
+
+def training_mounts(out: Path, channels: Mapping[str, Path]) -> list[str]:
+    """``-v`` options: /opt/ml's parts from ``out``, each channel's data read-only at input/data/<channel>."""
+    out = Path(out).resolve()
+    mounts = [
+        f"{out / 'input'}:{CONTAINER_BASE}/input",
+        f"{out / 'model'}:{CONTAINER_BASE}/model",
+        f"{out / 'output'}:{CONTAINER_BASE}/output",
+        f"{out / 'checkpoints'}:{CONTAINER_BASE}/checkpoints",
+    ]
+    mounts += [
+        f"{Path(data).resolve()}:{CONTAINER_BASE}/input/data/{channel}:ro"
+        for channel, data in channels.items()
+    ]
+    return [option for mount in mounts for option in ("-v", mount)]
+
+
+def train_command(
+    image: str, name: str, out: Path, channels: Mapping[str, Path], gpus: str | None = None
+) -> list[str]:
+    """``docker run ... IMAGE train``, as SageMaker starts a training container."""
+    command = ["run", "--rm", "--name", name, "--network", "host", "--shm-size", SHM_SIZE]
+    if gpus:
+        command += ["--gpus", gpus]
+    return [*command, *training_mounts(out, channels), image, "train"]
+
+
+def serve_command(
+    image: str,
+    name: str,
+    model_dir: Path,
+    port: int,
+    environment: Mapping[str, str] | None = None,
+    detach: bool = False,
+    remove: bool = True,
+) -> list[str]:
+    """``docker run ... IMAGE serve`` with the artifact at /opt/ml/model, listening on ``port``."""
+    command = ["run", "--name", name, "--network", "host"]
+    if remove:
+        command.append("--rm")
+    if detach:
+        command.append("--detach")
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), **(environment or {})}
+    for key, value in env.items():
+        command += ["-e", f"{key}={value}"]
+    return [*command, "-v", f"{Path(model_dir).resolve()}:{CONTAINER_BASE}/model:ro", image, "serve"]
+
+
+def pack_model(model_dir: Path, tar_path: Path) -> Path:
+    """Packs the folder's contents (not the folder) into a gzipped tar, as SageMaker packs /opt/ml/model."""
+    model_dir = Path(model_dir)
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for path in sorted(model_dir.rglob("*")):
+            if "__pycache__" not in path.parts:
+                tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
+    return Path(tar_path)
+
+
+def unpack_model(tar_path: Path, target: Path) -> Path:
+    """Unpacks ``model.tar.gz`` into ``target`` as SageMaker does into /opt/ml/model."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path, "r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse links and paths out of target
+            tar.extractall(target, filter="data")
+        else:
+            tar.extractall(target)
+    return target
+
+
+# ---------------------------------------------------------------- edges
+
+
+def train_in_container(
+    engine: dockerd.Engine,
+    data: Mapping[str, Path] | Path,
+    out: Path,
+    hyperparameters: Mapping[str, object],
+    image: str = image_name("train"),
+    gpus: str | None = None,
+    capture: bool = False,
+    name: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Lays out ``out`` like /opt/ml, runs the training container, packs ``out/model.tar.gz`` on success.
+
+    ``data`` is one folder for the ``training`` channel or a ``{channel: folder}`` mapping.
+    """
+    channels = {COMBINED_CHANNEL: Path(data)} if isinstance(data, str | Path) else dict(data)
+    for channel, folder in channels.items():
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"data folder for channel {channel!r} not found: {folder}")
+    out = Path(out).resolve()
+    opt_ml.lay_out(out, dict.fromkeys(channels), hyperparameters)
+    name = name or container_name("train")
+    result = engine.run(*train_command(image, name, out, channels, gpus), check=False, capture=capture)
+    if result.returncode == 0:
+        pack_model(out / "model", out / MODEL_TAR)
+    return result
+
+
+def wait_until_healthy(port: int, timeout: float, is_running=lambda: True) -> None:
+    """Polls ``/ping`` until it answers 200; raises TimeoutError (or RuntimeError if the server died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running():
+            raise RuntimeError("the serving container exited before answering /ping")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"/ping on port {port} did not answer 200 within {timeout:.0f}s")
+
+
+def container_running(engine: dockerd.Engine, name: str) -> bool:
+    result = engine.run("inspect", "--format", "{{.State.Running}}", name, check=False)
+    return result.returncode == 0 and result.stdout.strip() == "true"
+
+
+@contextlib.contextmanager
+def model_folder(model: Path) -> Iterator[Path]:
+    """The artifact as a folder: ``model`` itself if it is one, else a model.tar.gz unpacked for the block."""
+    model = Path(model)
+    if model.is_dir():
+        yield model
+        return
+    if not model.is_file():
+        raise FileNotFoundError(f"no model artifact at {model}")
+    with tempfile.TemporaryDirectory(prefix="sagemaker-classifier-model-") as scratch:
+        folder = unpack_model(model, Path(scratch) / "model")
+        os.chmod(scratch, 0o755)  # the serving container's non-root user must read it
+        yield folder
+
+
+@contextlib.contextmanager
+def serving_container(
+    engine: dockerd.Engine,
+    model: Path,
+    port: int,
+    image: str = image_name("serve"),
+    environment: Mapping[str, str] | None = None,
+    startup_timeout: float = 180,
+    remove: bool = True,
+) -> Iterator[str]:
+    """Starts the serving container in the background, waits for a healthy /ping, yields its name,
+    and stops it (``docker stop``, i.e. SIGTERM) afterwards; ``remove=False`` keeps the stopped
+    container for inspection."""
+    with model_folder(model) as folder:
+        name = container_name("serve")
+        engine.run(*serve_command(image, name, folder, port, environment, detach=True, remove=remove))
+        try:
+            wait_until_healthy(port, startup_timeout, lambda: container_running(engine, name))
+            yield name
+        except BaseException:
+            print(engine.run("logs", "--tail", "60", name, check=False).stdout, file=sys.stderr)
+            raise
+        finally:
+            engine.run("stop", name, check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    # Unknown options are the hyperparameters (--epochs 2 ...): no abbreviations may swallow them.
+    train = commands.add_parser("train", help="train in the training container", allow_abbrev=False)
+    train.add_argument("--data", type=Path, required=True, help="folder holding train/ valid/ test/")
+    train.add_argument("--out", type=Path, required=True, help="folder laid out like /opt/ml")
+    train.add_argument("--image", default=image_name("train"))
+    train.add_argument("--gpus", default=os.environ.get("GPUS") or None, help='e.g. "all" (needs nvidia)')
+    serve = commands.add_parser(
+        "serve", help="serve an artifact in the serving container (foreground)", allow_abbrev=False
+    )
+    serve.add_argument("--model", type=Path, required=True, help="model.tar.gz or an artifact folder")
+    serve.add_argument("--port", type=int, default=SERVE_PORT)
+    serve.add_argument("--image", default=image_name("serve"))
+    args, hyperparameter_args = parser.parse_known_args()
+
+    try:
+        with dockerd.engine_session() as engine:
+            if args.command == "train":
+                hyperparameters = parse_name_value_pairs(hyperparameter_args)
+                name = container_name("train")
+                try:
+                    result = train_in_container(
+                        engine, args.data, args.out, hyperparameters, args.image, args.gpus, name=name
+                    )
+                except KeyboardInterrupt:
+                    print("[local-train] stopping: the trainer saves a checkpoint", file=sys.stderr)
+                    engine.run("stop", "--time", str(STOP_GRACE_S), name, check=False)
+                    sys.exit(130)
+                status = "success" if result.returncode == 0 else "failure"
+                print(f"[local-train] {status}: {args.out.resolve() / 'output' / status}", file=sys.stderr)
+                if result.returncode == 0:
+                    print(f"[local-train] artifact: {args.out.resolve() / MODEL_TAR}", file=sys.stderr)
+                sys.exit(result.returncode)
+            if hyperparameter_args:
+                parser.error(f"unrecognized arguments: {' '.join(hyperparameter_args)}")
+            with model_folder(args.model) as folder:
+                name = container_name("serve")
+                print(
+                    f"[local-serve] http://127.0.0.1:{args.port}/invocations (Ctrl-C stops it)",
+                    file=sys.stderr,
+                )
+                try:
+                    engine.run(
+                        *serve_command(args.image, name, folder, args.port), check=False, capture=False
+                    )
+                except KeyboardInterrupt:
+                    engine.run("stop", name, check=False)
+    except EngineUnavailable as error:
+        sys.exit(f"docker engine: {error}")
+
+
+if __name__ == "__main__":
+    main()

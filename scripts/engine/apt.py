@@ -1,0 +1,27 @@
+"""Debian packages the Docker plumbing installs itself, as root, where they are missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+# Debian's docker.io holds both halves we may lack: dockerd and a client (20.10) with BuildKit built in.
+DOCKER_PACKAGE = "docker.io"
+DEBOOTSTRAP_PACKAGE = "debootstrap"
+
+
+def can_install() -> bool:
+    """Whether this process may install Debian packages: root, with apt-get."""
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def install_debian_packages(*packages: str) -> None:
+    """``apt-get update`` then ``apt-get install`` (no recommends), noninteractive."""
+    print(f"[docker-engine] installing {' '.join(packages)} with apt-get", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env
+    )

@@ -1,0 +1,85 @@
+"""Lay out a folder exactly as SageMaker lays out ``/opt/ml`` for a training job.
+
+Used by ``make train-local`` (the toolkit on the host, ``SAGEMAKER_BASE_DIR`` pointing here)
+and ``make local-train`` (the same folder mounted at ``/opt/ml`` in the training container).
+The JSON builders are pure; ``lay_out`` is the one function that writes.
+
+Layout (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html)::
+
+    input/config/hyperparameters.json   every value a string, as SageMaker writes them
+    input/config/resourceconfig.json
+    input/config/inputdataconfig.json
+    input/data/<channel>/               the data (a link to the host folder, or a mount point)
+    model/  output/  checkpoints/
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from classifier.hyperparameters import as_sagemaker_strings
+
+# "algo-1" does not resolve outside SageMaker and the toolkit waits for DNS forever.
+LOCAL_HOST = "localhost"
+
+
+def resource_config_json(host: str = LOCAL_HOST) -> dict:
+    return {"current_host": host, "hosts": [host], "network_interface_name": "lo"}
+
+
+def input_data_config_json(channels: list[str]) -> dict:
+    return {
+        channel: {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        }
+        for channel in channels
+    }
+
+
+def lay_out(
+    base: Path,
+    channels: Mapping[str, Path | None],
+    hyperparameters: Mapping[str, object],
+    code_dir: Path | None = None,
+) -> Path:
+    """Writes the config files and creates the folders of ``base`` as SageMaker would.
+
+    ``channels`` maps a channel name to the host folder to link in as its data, or to None
+    when the data will be mounted there instead (Docker). ``code_dir`` is copied to
+    ``base/code``, where the toolkit looks for ``SAGEMAKER_PROGRAM`` outside an image.
+    """
+    base = Path(base).resolve()
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    files = {
+        "hyperparameters.json": as_sagemaker_strings(hyperparameters),
+        "resourceconfig.json": resource_config_json(),
+        "inputdataconfig.json": input_data_config_json(list(channels)),
+    }
+    for name, content in files.items():
+        (config / name).write_text(json.dumps(content, indent=2) + "\n")
+    for channel, source in channels.items():
+        target = base / "input" / "data" / channel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        if source is None:
+            target.mkdir(exist_ok=True)
+        else:
+            source = Path(source).resolve()
+            if not source.is_dir():
+                raise FileNotFoundError(f"data folder for channel {channel!r} not found: {source}")
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.symlink_to(source, target_is_directory=True)
+    for folder in ("model", "output", "checkpoints"):
+        (base / folder).mkdir(exist_ok=True)
+    if code_dir is not None:
+        shutil.rmtree(base / "code", ignore_errors=True)
+        shutil.copytree(code_dir, base / "code", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return base

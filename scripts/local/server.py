@@ -1,0 +1,133 @@
+"""The serving stack on this machine, as a child process: started, watched through ``/ping``, stopped.
+
+``LocalServer`` runs ``code/serve.py serve`` (or ``make serve-local``) in ``.venv/serve`` on a
+free loopback port, in a session of its own, its output in a log file; ``stop()`` sends SIGTERM
+as ``docker stop`` would and waits for every process of it, the model server included. The tests
+and the serving benchmark use it. Standard library and psutil only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psutil
+
+from scripts import REPO_ROOT
+
+CODE_DIR = REPO_ROOT / "code"
+SERVE_PYTHON = REPO_ROOT / ".venv" / "serve" / "bin" / "python"
+HEALTHY_TIMEOUT_S = 300.0  # workers importing torch on a busy 2-core machine
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """One running server; ``stop()`` it and read its exit status."""
+
+    def __init__(self, model_dir: Path, log_path: Path, env: Mapping[str, str] | None = None,
+                 via_make: bool = False):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path)
+        self.leftovers: list[psutil.Process] = []
+        environ = {**os.environ, "SERVE_BIND_HOST": "127.0.0.1", **(env or {})}
+        if via_make:
+            command = ["make", "-s", "serve-local", f"MODEL={model_dir}", f"PORT={self.port}"]
+        else:
+            environ["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
+            command = [str(SERVE_PYTHON), str(CODE_DIR / "serve.py"), "serve", "--model-dir", str(model_dir)]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ping(self) -> tuple[int, dict] | None:
+        """(status, body) of ``/ping``, or None while nothing listens."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", "/ping")
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            connection.close()
+
+    def watch_ping(self, until: Callable[[int, dict], bool],
+                   timeout: float = HEALTHY_TIMEOUT_S) -> list[tuple[int, dict]]:
+        """Polls ``/ping`` until ``until(status, body)``; every answer seen, in order."""
+        seen: list[tuple[int, dict]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited ({self.process.returncode}):\n{self.log_tail()}")
+            answer = self.ping()
+            if answer is not None:
+                seen.append(answer)
+                if until(*answer):
+                    return seen
+            time.sleep(0.1)
+        raise TimeoutError(f"/ping never satisfied the condition; last {seen[-3:]}\n{self.log_tail()}")
+
+    def wait_healthy(self, timeout: float = HEALTHY_TIMEOUT_S) -> float:
+        """Waits for ``/ping`` 200; the seconds since the process started."""
+        self.watch_ping(lambda status, body: status == 200, timeout)
+        return time.monotonic() - self.started
+
+    def all_processes(self) -> list[psutil.Process]:
+        """Every process of the server: its own, and those of the sessions they lead.
+
+        The model server is not a descendant: ``multi-model-server --start`` starts java and
+        exits, but java stays in the session of the process that launched it.
+        """
+        try:
+            root = psutil.Process(self.process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        sessions = {process.pid for process in tree}
+        members = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(OSError, psutil.Error):
+                if os.getsid(process.pid) in sessions:
+                    members.append(process)
+        return members
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM to the server's session (as ``docker stop`` or Ctrl-C would); its exit status.
+
+        Waits for every process of the server to end; whatever is still alive after ``timeout``
+        is killed (and listed in ``leftovers``), so nothing is left behind.
+        """
+        processes = self.all_processes()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(processes, timeout=timeout)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        self.leftovers = alive
+        self._log.close()
+        return self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])

@@ -1,0 +1,152 @@
+"""Run the training entry on the host exactly as SageMaker runs it in the training container.
+
+    python -m scripts.local.train --data DATA --out OUT [--channels NAME ...] [--epochs 2 ...]
+    make train-local DATA=DATA OUT=OUT HP="--epochs 2 --model-name resnet18"
+
+OUT is laid out like ``/opt/ml`` (``scripts.local.opt_ml.lay_out``, ``code/`` copied in), then the
+training toolkit's ``train`` command from ``.venv/train`` runs with ``SAGEMAKER_BASE_DIR=OUT``
+and ``SAGEMAKER_PROGRAM=train.py``. Afterwards OUT holds ``model/``, ``output/success`` or
+``output/failure``, ``output/tensors/`` (smdebug), ``output/data/`` and ``checkpoints/``.
+
+One channel (default ``training``) gets DATA itself; several channels (``train valid test``)
+get ``DATA/<channel>`` each. SIGTERM/SIGINT go to the whole process group, as ``docker stop``
+does through an init that forwards signals: train.py saves a checkpoint and exits, and the
+toolkit, which ignores them, reports the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from classifier.dataset import COMBINED_CHANNEL
+from classifier.hyperparameters import parse_name_value_pairs
+from scripts import REPO_ROOT
+from scripts.local import opt_ml
+
+CODE_DIR = REPO_ROOT / "code"
+TOOLKIT_TRAIN = REPO_ROOT / ".venv" / "train" / "bin" / "train"
+PROGRAM = "train.py"
+DEFAULT_CHANNELS = (COMBINED_CHANNEL,)
+
+
+def channel_folders(data_dir: Path, channels: Sequence[str]) -> dict[str, Path]:
+    """One channel gets ``data_dir``; several get ``data_dir/<channel>`` each."""
+    if len(channels) == 1:
+        return {channels[0]: Path(data_dir)}
+    return {channel: Path(data_dir) / channel for channel in channels}
+
+
+def training_env(base_dir: Path) -> dict[str, str]:
+    """The host environment minus anything SageMaker would set, plus the toolkit's contract."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # PYTHONPATH would import the repository's code/ rather than the copy in OUT/code.
+        if not key.startswith(("SM_", "SAGEMAKER_")) and key != "PYTHONPATH"
+    }
+    env.update(SAGEMAKER_BASE_DIR=str(base_dir), SAGEMAKER_PROGRAM=PROGRAM, PYTHONUNBUFFERED="1")
+    return env
+
+
+def _ignore_stop_signals() -> None:
+    # Runs in the toolkit's process before exec: it must outlive train.py to report the outcome;
+    # train.py installs its own handlers (an ignored signal stays ignored across exec).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_training(
+    data_dir: Path,
+    out_dir: Path,
+    hyperparameters: Mapping[str, object],
+    channels: Sequence[str] = DEFAULT_CHANNELS,
+    capture_output: bool = True,
+    code_dir: Path = CODE_DIR,
+) -> subprocess.Popen:
+    """Lays out ``out_dir`` and starts the toolkit in its own process group (see ``stop_training``).
+
+    With ``capture_output`` the log (stdout and stderr) is readable from ``process.stdout``.
+    ``code_dir`` is what the image would hold in ``/opt/ml/code`` (default: this repository's).
+    """
+    if not TOOLKIT_TRAIN.exists():
+        raise FileNotFoundError(f"{TOOLKIT_TRAIN} not found: run `make setup` first")
+    base = opt_ml.lay_out(out_dir, channel_folders(data_dir, channels), hyperparameters, code_dir=code_dir)
+    for outcome in ("success", "failure"):  # a fresh container has neither
+        (base / "output" / outcome).unlink(missing_ok=True)
+    return subprocess.Popen(
+        [str(TOOLKIT_TRAIN)],
+        cwd=base,
+        env=training_env(base),
+        stdout=subprocess.PIPE if capture_output else None,
+        stderr=subprocess.STDOUT if capture_output else None,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_ignore_stop_signals,
+    )
+
+
+def stop_training(process: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+    """Sends ``signum`` to the run's whole process group (toolkit, train.py, loader workers)."""
+    with contextlib.suppress(ProcessLookupError):  # the run has already ended
+        os.killpg(process.pid, signum)
+
+
+def run_training(
+    data_dir: Path,
+    out_dir: Path,
+    hyperparameters: Mapping[str, object],
+    channels: Sequence[str] = DEFAULT_CHANNELS,
+    timeout: float | None = None,
+    code_dir: Path = CODE_DIR,
+) -> subprocess.CompletedProcess:
+    """Runs a whole training job; ``.stdout`` holds its log, ``.returncode`` the toolkit's status.
+
+    After ``timeout`` seconds the run is killed and ``subprocess.TimeoutExpired`` raised.
+    """
+    process = start_training(data_dir, out_dir, hyperparameters, channels, code_dir=code_dir)
+    try:
+        log, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_training(process, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s --data DATA --out OUT [--channels NAME ...] [--hyperparameter value ...]",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="the dataset folder (train/ valid/ test/)")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to lay out as /opt/ml")
+    parser.add_argument("--channels", nargs="+", default=list(DEFAULT_CHANNELS),
+                        help="input channel names (default: training)")
+    args, hyperparameter_args = parser.parse_known_args(argv)
+    try:
+        hyperparameters = parse_name_value_pairs(hyperparameter_args)
+    except ValueError as error:
+        parser.error(str(error))
+
+    process = start_training(args.data, args.out, hyperparameters, args.channels, capture_output=False)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda received, _frame: stop_training(process, received))
+    status = process.wait()
+
+    failure = args.out.resolve() / "output" / "failure"
+    if failure.is_file():
+        print(f"\ntraining FAILED (exit {status}): {failure.read_text().strip()}", file=sys.stderr)
+    else:
+        print(f"\ntraining done (exit {status}): model in {args.out.resolve() / 'model'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The training launcher: the pure CreateTrainingJob builder, and the job on a moto server."""
+
+import json
+import re
+from pathlib import Path
+
+import boto3
+import botocore.session
+import botocore.validate
+import pytest
+from aws_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
+
+from classifier import artifact, metrics
+from scripts.aws import jobs, train_job
+from scripts.aws.settings import AwsContext, LaunchConfig, LaunchError
+from scripts.containers import images
+from scripts.report import rules
+
+CONFIG = LaunchConfig(region=REGION, role_arn=ROLE_ARN, bucket=BUCKET)
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{images.repository('train')}@sha256:{'a' * 64}"
+# The rule evaluator accounts AWS documents for these regions (debugger-docker-images-rules).
+RULE_IMAGES = {
+    "us-east-1": "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest",
+    "eu-west-1": "929884845733.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-debugger-rules:latest",
+    "us-west-2": "895741380848.dkr.ecr.us-west-2.amazonaws.com/sagemaker-debugger-rules:latest",
+}
+# What each built-in rule reads (AWS's list of Debugger built-in rules).
+RULE_COLLECTIONS = {
+    "VanishingGradient": "gradients",
+    "Overfit": "losses",
+    "Overtraining": "losses",
+    "PoorWeightInitialization": "relu_input",
+    "LossNotDecreasing": "losses",
+}
+
+
+def spec(region=REGION, spot=True, **changes):
+    values = dict(
+        job_name="classifier-train-test", image_uri=IMAGE, role_arn=ROLE_ARN, region=region,
+        data_uri=CONFIG.data_uri(), output_uri=CONFIG.output_uri("training"),
+        checkpoint_uri=CONFIG.checkpoint_uri("classifier-train-test"),
+        hyperparameters={"epochs": "3", "learning-rate": "0.01"},
+        resources=jobs.JobResources(instance_type="ml.g4dn.xlarge", max_run_seconds=7200, spot=spot),
+        debugger_save_interval=50,
+    )
+    values.update(changes)
+    return train_job.TrainingJobSpec(**values)
+
+
+def validate_against_api(operation: str, request: dict) -> None:
+    """Checks a request with botocore's model of the real SageMaker API (no call is made)."""
+    model = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation)
+    report = botocore.validate.ParamValidator().validate(request, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+@pytest.mark.parametrize("region", sorted(RULE_IMAGES))
+def test_request_has_the_rules_their_collections_and_the_regions_rule_image(region):
+    request = train_job.training_job_request(spec(region=region))
+    validate_against_api("CreateTrainingJob", request)
+    rules = {rule["RuleConfigurationName"]: rule for rule in request["DebugRuleConfigurations"]}
+    assert sorted(rules) == sorted(RULE_COLLECTIONS)
+    for name, rule in rules.items():
+        assert rule["RuleEvaluatorImage"] == RULE_IMAGES[region]
+        assert rule["RuleParameters"]["rule_to_invoke"] == name
+    hook = request["DebugHookConfig"]
+    collections = {c["CollectionName"]: c["CollectionParameters"] for c in hook["CollectionConfigurations"]}
+    for collection in RULE_COLLECTIONS.values():
+        assert collections[collection]["save_interval"] == "50"
+    assert collections["relu_input"]["include_regex"] == ".*relu_input"
+    assert collections["losses"]["eval.save_interval"] == "1"  # Overfit compares validation loss
+    # SageMaker writes the tensors to <S3OutputPath>/<job>/debug-output.
+    assert hook["S3OutputPath"] == CONFIG.output_uri("training")
+    assert hook["LocalPath"] == "/opt/ml/output/tensors"
+    profiler_rules = request["ProfilerRuleConfigurations"]
+    assert profiler_rules == [{
+        "RuleConfigurationName": "ProfilerReport",
+        "RuleEvaluatorImage": RULE_IMAGES[region],
+        "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
+    }]
+    assert request["ProfilerConfig"]["S3OutputPath"] == CONFIG.output_uri("training")
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # smdebug 1.0.34 on current numpy/protobuf
+def test_the_hook_config_makes_the_trainers_hook_save_what_each_rule_reads(tmp_path):
+    """SageMaker hands our DebugHookConfig to the container as JSON; the trainer's hook follows it."""
+    import torch
+    import torchvision
+    from smdebug import modes
+    from smdebug.trials import create_trial
+
+    from classifier.debugger import Debugger
+
+    config = train_job.training_job_request(spec(debugger_save_interval=2))["DebugHookConfig"]
+    config_file = tmp_path / "debughookconfig.json"
+    config_file.write_text(json.dumps({**config, "LocalPath": str(tmp_path / "tensors")}))
+    debugger = Debugger.create(config_file, tmp_path / "local-default", save_interval=1000)
+    model, criterion = torchvision.models.resnet18(num_classes=3), torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    debugger.watch(model, criterion)
+    debugger.train()
+    for _ in range(3):  # steps 0 and 2 are saved
+
+        optimizer.zero_grad()
+        criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+        optimizer.step()
+    debugger.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([2, 0]))
+    debugger.close()
+
+    trial = create_trial(str(tmp_path / "tensors"))
+    for rule, collection in RULE_COLLECTIONS.items():
+        names = trial.tensor_names(collection=collection)
+        assert names, f"{rule} reads {collection}, which holds no tensors"
+        assert trial.tensor(names[0]).steps(mode=modes.TRAIN) == [0, 2], collection
+    relu_inputs = trial.tensor_names(collection="relu_input")
+    assert all(name.endswith(("relu_input_0", "relu_input_1")) for name in relu_inputs)
+    loss = trial.tensor(trial.tensor_names(collection="losses")[0])
+    assert loss.steps(mode=modes.EVAL) == [0, 1, 2]  # every validation step, for Overfit
+    for collection in ("gradients", "weights", "biases"):
+        assert trial.tensor(trial.tensor_names(collection=collection)[0]).steps(mode=modes.EVAL) == []
+
+
+def test_request_has_image_hyperparameters_data_spot_and_checkpoints():
+    request = train_job.training_job_request(spec())
+    assert request["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert request["HyperParameters"] == {"epochs": "3", "learning-rate": "0.01"}
+    channel = request["InputDataConfig"][0]
+    assert channel["ChannelName"] == "training"
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/sagemaker-classifier/data/dogImages"
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/sagemaker-classifier/training"}
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400}
+    assert request["CheckpointConfig"] == {
+        "S3Uri": f"s3://{BUCKET}/sagemaker-classifier/checkpoints/classifier-train-test",
+        "LocalPath": "/opt/ml/checkpoints"}
+
+    on_demand = train_job.training_job_request(spec(spot=False))
+    validate_against_api("CreateTrainingJob", on_demand)
+    assert on_demand["EnableManagedSpotTraining"] is False
+    assert on_demand["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
+
+
+def test_metric_regexes_in_the_request_read_the_trainers_lines():
+    definitions = train_job.training_job_request(spec())["AlgorithmSpecification"]["MetricDefinitions"]
+    log = "\n".join([
+        metrics.format_epoch_line(1, 0.75, 0.5, 0.625, 0.5625),
+        metrics.format_test_line(0.5, 0.875),
+    ])
+    read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in definitions}
+    assert read == {"train:loss": [0.75], "train:accuracy": [0.5], "validation:loss": [0.625],
+                    "validation:accuracy": [0.5625], "test:loss": [0.5], "test:accuracy": [0.875]}
+
+
+def test_the_requests_metric_regexes_read_the_real_training_log(trained_run, trained_run_log):
+    """The shared training run's own log, read as SageMaker reads it, gives its metrics.json figures."""
+    report = json.loads((trained_run / "model" / artifact.METRICS_FILE).read_text())
+    definitions = train_job.training_job_request(spec())["AlgorithmSpecification"]["MetricDefinitions"]
+    read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], trained_run_log)] for d in definitions}
+    epochs = report["epochs"]
+    assert len(epochs) >= 1
+    for name, field in (("train:loss", "train_loss"), ("train:accuracy", "train_accuracy"),
+                        ("validation:loss", "valid_loss"), ("validation:accuracy", "valid_accuracy")):
+        assert read[name] == pytest.approx([epoch[field] for epoch in epochs], abs=1e-6), name
+    assert read["test:loss"] == pytest.approx([report["test"]["test_loss"]], abs=1e-6)
+    assert read["test:accuracy"] == pytest.approx([report["test"]["test_accuracy"]], abs=1e-6)
+
+
+def test_output_locations_follow_sagemakers_layout():
+    locations = spec(job_name="job-1", output_uri="s3://b/p/training/",
+                     checkpoint_uri="s3://b/p/checkpoints/job-1").locations()
+    assert locations["model"] == "s3://b/p/training/job-1/output/model.tar.gz"
+    assert locations["debugger_tensors"] == "s3://b/p/training/job-1/debug-output"
+    assert locations["profiler_report"] == (
+        "s3://b/p/training/job-1/rule-output/ProfilerReport/profiler-output/profiler-report.html")
+    assert locations["checkpoints"] == "s3://b/p/checkpoints/job-1"
+
+
+def test_debugger_and_profiler_can_be_left_out_for_accounts_without_them():
+    bare = spec(debugger=False, profiler=False)
+    request = train_job.training_job_request(bare)
+    validate_against_api("CreateTrainingJob", request)
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
+                "ProfilerRuleConfigurations"} & set(request)
+    assert set(bare.locations()) == {"model", "output_data", "checkpoints"}
+    only_profiler = train_job.training_job_request(spec(debugger=False))
+    assert "ProfilerRuleConfigurations" in only_profiler and "DebugHookConfig" not in only_profiler
+    refused = Exception("ValidationException: DebugRuleConfigurations are not available for this account")
+    assert "--no-debugger --no-profiler" in train_job.refusal_hint(refused, spec())
+    assert train_job.refusal_hint(refused, bare) == ""
+
+
+def test_hyperparameters_from_the_tuner_file_with_command_line_overrides(tmp_path):
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"tuning_job": "t", "hyperparameters": {
+        "learning-rate": "0.02", "batch-size": "128", "epochs": "6", "model-name": "resnet50"}}))
+    merged = train_job.merged_hyperparameters(best, {"epochs": "12"})
+    assert merged == {"learning-rate": "0.02", "batch-size": "128", "epochs": "12", "model-name": "resnet50"}
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"epochs": 2, "pretrained": False}))
+    assert train_job.merged_hyperparameters(plain, {}) == {"epochs": "2", "pretrained": "false"}
+    with pytest.raises(LaunchError, match="epochs"):
+        train_job.merged_hyperparameters(None, {"epochs": "zero"})
+    with pytest.raises(LaunchError, match="not found"):
+        train_job.merged_hyperparameters(tmp_path / "none.json", {})
+
+
+def test_rule_statuses_are_listed():
+    description = {"DebugRuleEvaluationStatuses": [
+        {"RuleConfigurationName": "Overfit", "RuleEvaluationStatus": "IssuesFound",
+         "StatusDetails": "RuleEvaluationConditionMet: Evaluation of the rule Overfit at step 500"}],
+        "ProfilerRuleEvaluationStatuses": [
+        {"RuleConfigurationName": "ProfilerReport", "RuleEvaluationStatus": "NoIssuesFound"}]}
+    lines = train_job.describe_rules(description)
+    assert lines[0].startswith("Overfit: IssuesFound (RuleEvaluationConditionMet")
+    assert lines[1] == "ProfilerReport: NoIssuesFound"
+
+
+def test_start_sends_exactly_the_built_request(pushed):
+    recording = RecordingSession()
+    context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
+    job = spec(image_uri=pushed["train"])
+    record = train_job.start(context, job)
+    assert recording.only("CreateTrainingJob") == train_job.training_job_request(job)
+    stored = recording.session.client("sagemaker").describe_training_job(TrainingJobName=job.job_name)
+    assert stored["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
+    assert stored["DebugHookConfig"] == train_job.training_job_request(job)["DebugHookConfig"]
+    assert stored["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    assert record["locations"]["model"] == stored["ModelArtifacts"]["S3ModelArtifacts"]
+
+
+def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, tmp_path, capsys):
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"hyperparameters": {"learning-rate": "0.02", "batch-size": "64"}}))
+    record = tmp_path / "job.json"
+    train_job.main(["--hyperparameters-file", str(best), "--job-name", "classifier-train-cli",
+                    "--record", str(record), "--no-spot", "--role-arn", ROLE_ARN, "--bucket", BUCKET,
+                    "--", "--epochs", "4"])
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "classifier-train-cli"
+    stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-cli")
+    assert stored["HyperParameters"] == {"learning-rate": "0.02", "batch-size": "64", "epochs": "4"}
+    assert stored["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
+    assert stored["EnableManagedSpotTraining"] is False
+    recorded = json.loads(record.read_text())
+    assert recorded["training_job"] == "classifier-train-cli"
+    for where in recorded["locations"].values():
+        assert where in captured.err  # every location is printed
+    assert f"model at {stored['ModelArtifacts']['S3ModelArtifacts']}" in captured.err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--bucket", BUCKET], "no SageMaker execution role"),
+    (["--role-arn", ROLE_ARN], "no S3 bucket"),
+    (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--", "--batch-size", "-1"], "batch-size"),
+    (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--image-tag", "v9"], "sagemaker-classifier-train:v9"),
+    (["--role-arn", ROLE_ARN, "--bucket", "sagemaker-nobody"], "bucket 'sagemaker-nobody' does not exist"),
+    (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--max-run-hours", "2", "--max-wait-hours", "1"],
+     "spot wait limit"),
+])
+def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(argv)
+    assert message in str(exit_info.value.code)
+    assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_custom_rules_run_beside_the_built_in_ones_with_losses_saved_every_step():
+    source = f"s3://{BUCKET}/debug-rules/job/debug_rules.py"
+    request = train_job.training_job_request(spec(custom_rules_source=source))
+    validate_against_api("CreateTrainingJob", request)
+    names = [rule["RuleConfigurationName"] for rule in request["DebugRuleConfigurations"]]
+    assert set(RULE_COLLECTIONS) <= set(names)
+    custom = [rule for rule in request["DebugRuleConfigurations"]
+              if rule["RuleConfigurationName"].startswith("Custom")]
+    assert sorted(rule["RuleParameters"]["rule_to_invoke"] for rule in custom) == sorted(
+        ["LossNotDecreasing", "Overfit", "VanishingGradient", "PoorWeightInitialization"])
+    assert {rule["RuleParameters"]["source_s3_uri"] for rule in custom} == {source}
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in request["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections["losses"]["save_interval"] == "1"
+    assert "CustomOverfit" not in str(train_job.training_job_request(spec())["DebugRuleConfigurations"])
+
+
+def test_cli_custom_rules_uploads_the_rules_file_and_attaches_them(pushed, tmp_path):
+    train_job.main(["--job-name", "classifier-train-custom", "--custom-rules", "--no-wait",
+                    "--record", str(tmp_path / "job.json"), "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-custom")
+    sources = {rule["RuleParameters"]["source_s3_uri"] for rule in stored["DebugRuleConfigurations"]
+               if rule["RuleConfigurationName"].startswith("Custom")}
+    assert len(sources) == 1
+    bucket, key = sources.pop().removeprefix("s3://").split("/", 1)
+    uploaded = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert uploaded == Path(rules.__file__).read_bytes()
+
+
+def test_cli_custom_rules_need_the_debugger(pushed, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--custom-rules", "--no-debugger", "--record", str(tmp_path / "job.json"),
+                        "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    assert "--custom-rules needs the Debugger hook" in str(exit_info.value.code)
+    assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []

@@ -1,0 +1,189 @@
+"""The container scripts' pure parts, and ECR through moto: no Docker engine needed."""
+
+import tarfile
+
+import pytest
+
+from scripts import demo
+from scripts.containers import build, images, local_mode, push
+from scripts.datasets.sample import class_folder_names, make_dataset
+
+TORCH_HASH = "6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b"
+REQUIREMENTS = f"""\
+# via -r requirements.in
+numpy==2.4.6 \\
+    --hash=sha256:{"a" * 64} \\
+    --hash=sha256:{"b" * 64}
+    # via torch
+torch==2.13.0+cpu \\
+    --hash=sha256:{TORCH_HASH}
+typing-extensions==4.16.0 \\
+    --hash=sha256:{"c" * 64}
+"""
+
+
+def test_parse_pins_reads_names_versions_and_hashes():
+    pins = build.parse_pins(REQUIREMENTS)
+    assert set(pins) == {"numpy", "torch", "typing-extensions"}
+    assert pins["torch"].version == "2.13.0+cpu"
+    assert pins["torch"].hashes == {TORCH_HASH}
+    assert pins["numpy"].hashes == {"a" * 64, "b" * 64}
+
+
+def test_the_real_requirements_files_pin_torch_with_hashes():
+    for kind in images.REPOSITORIES:
+        pins = build.parse_pins(build.requirements_file(kind).read_text())
+        assert pins["torch"].hashes, kind
+        assert all(pin.hashes for pin in pins.values()), kind
+
+
+def test_pinned_candidates_match_wheel_names_and_versions(tmp_path):
+    pins = build.parse_pins(REQUIREMENTS)
+    names = [
+        "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",  # pinned
+        "torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl",  # another version
+        "typing_extensions-4.16.0-py3-none-any.whl",  # pinned, name spelt with an underscore
+        "pillow-13.0.0-cp311-cp311-manylinux_2_28_x86_64.whl",  # not pinned
+        "notes.txt",
+    ]
+    found = build.pinned_candidates(pins, [tmp_path / name for name in names])
+    assert [path.name for path in found] == [names[0], names[2]]
+
+
+def test_fill_wheelhouse_links_only_wheels_whose_hash_is_pinned(tmp_path):
+    source, target = tmp_path / "source", tmp_path / "wheelhouse"
+    source.mkdir()
+    target.mkdir()
+    good = source / "typing_extensions-4.16.0-py3-none-any.whl"
+    good.write_bytes(b"a wheel")
+    forged = source / "numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl"
+    forged.write_bytes(b"not the pinned numpy")
+    digest = build.sha256_of(good)
+    pins = build.parse_pins(REQUIREMENTS.replace("c" * 64, digest))
+
+    hashes = build.fill_wheelhouse(pins, [source, tmp_path / "missing"], target)
+
+    assert hashes == {digest}
+    assert sorted(path.name for path in target.iterdir()) == [good.name]
+
+
+def test_torch_index_is_dropped_when_the_wheelhouse_holds_the_pinned_torch():
+    pins = build.parse_pins(REQUIREMENTS)
+    index = "https://download.pytorch.org/whl/cpu"
+    assert build.torch_index_for(pins, set(), index) == index
+    assert build.torch_index_for(pins, {TORCH_HASH}, index) == ""
+
+
+def test_host_find_links_reads_pip_config_and_environment_but_not_urls():
+    listing = "global.find-links='/opt/wheels'\n:env:.find-links='/opt/wheels'\nglobal.cert='/x'\n"
+    environ = {"PIP_FIND_LINKS": "/more https://example.com/wheels file:///even/more"}
+    found = build.host_find_links(listing, environ)
+    assert [str(path) for path in found] == ["/more", "/even/more", "/opt/wheels"]
+
+
+def test_build_args_pass_base_proxies_by_name_and_http_index_only():
+    environ = {"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "localhost", "PIP_INDEX_URL": "file:///x"}
+    args = build.build_args("base:1", environ, torch_index="", pretrained_models="resnet50")
+    assert args == [
+        "--build-arg", "BASE_IMAGE=base:1",
+        "--build-arg", "HTTPS_PROXY",  # the value stays in the environment, not on the command line
+        "--build-arg", "no_proxy",
+        "--build-arg", "TORCH_INDEX=",
+        "--build-arg", "PRETRAINED_MODELS=resnet50",
+    ]  # fmt: skip
+    mirror = build.build_args("b", {"PIP_INDEX_URL": "https://mirror/simple"})
+    assert "PIP_INDEX_URL=https://mirror/simple" in mirror
+
+
+def test_build_command_tags_targets_amd64_and_passes_the_pip_ca_as_a_secret():
+    command = build.build_command("serve", ["abc1234", "latest"], [], pip_cert="/etc/ca.pem")
+    assert command[:5] == ["build", "--platform", "linux/amd64", "--network", "host"]
+    assert command[command.index("-f") + 1].endswith("docker/serve/Dockerfile")
+    tags = [command[i + 1] for i, option in enumerate(command) if option == "-t"]
+    assert tags == ["sagemaker-classifier-serve:abc1234", "sagemaker-classifier-serve:latest"]
+    assert command[command.index("--secret") + 1] == "id=pip_cert,src=/etc/ca.pem"
+    assert command[-1] == str(build.REPO_ROOT)
+    assert "--secret" not in build.build_command("train", ["t"], [])
+
+
+def test_training_mounts_follow_the_sagemaker_layout_with_channels_mounted_read_only(tmp_path):
+    command = local_mode.train_command(
+        "img:1", "job", tmp_path / "out", {"training": tmp_path / "data"}, gpus="all"
+    )
+    mounts = [command[i + 1] for i, option in enumerate(command) if option == "-v"]
+    assert mounts == [
+        f"{tmp_path}/out/input:/opt/ml/input",
+        f"{tmp_path}/out/model:/opt/ml/model",
+        f"{tmp_path}/out/output:/opt/ml/output",
+        f"{tmp_path}/out/checkpoints:/opt/ml/checkpoints",
+        f"{tmp_path}/data:/opt/ml/input/data/training:ro",
+    ]
+    assert command[-2:] == ["img:1", "train"]
+    assert command[command.index("--gpus") + 1] == "all"
+    assert command[command.index("--network") + 1] == "host"
+
+
+def test_serve_command_binds_the_port_and_mounts_the_model_read_only(tmp_path):
+    workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    command = local_mode.serve_command("img:1", "srv", tmp_path, 8123, workers)
+    assert command[-2:] == ["img:1", "serve"]
+    assert f"{tmp_path}:/opt/ml/model:ro" in command
+    assert "SAGEMAKER_BIND_TO_PORT=8123" in command
+    assert "SAGEMAKER_MODEL_SERVER_WORKERS=1" in command
+
+
+def test_pack_model_packs_contents_at_the_archive_root_and_unpacks_back(tmp_path):
+    model = tmp_path / "model"
+    (model / "code" / "__pycache__").mkdir(parents=True)
+    (model / "classes.json").write_text("[]")
+    (model / "code" / "inference.py").write_text("x = 1\n")
+    (model / "code" / "__pycache__" / "inference.cpython-311.pyc").write_bytes(b"")
+
+    tar_path = local_mode.pack_model(model, tmp_path / "model.tar.gz")
+
+    with tarfile.open(tar_path) as tar:
+        assert tar.getnames() == ["classes.json", "code", "code/inference.py"]
+    unpacked = local_mode.unpack_model(tar_path, tmp_path / "unpacked")
+    assert (unpacked / "code" / "inference.py").read_text() == "x = 1\n"
+
+
+def test_push_plan_names_every_image_under_every_tag():
+    plan = push.push_plan("1.dkr.ecr.eu-west-1.amazonaws.com", ["train", "serve"], ["abc", "latest"])
+    assert plan[0] == (
+        "sagemaker-classifier-train:abc",
+        "1.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-classifier-train:abc",
+    )
+    assert len(plan) == 4
+
+
+def test_a_channel_without_data_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training"):
+        local_mode.train_in_container(None, tmp_path / "missing", tmp_path / "out", {"epochs": 1})
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_hyperparameters_quick_recipe_for_generated_data_overridable_and_checked():
+    quick = demo.demo_hyperparameters(real_data=False, overrides=["--epochs", "1"])
+    assert quick["epochs"] == "1" and quick["model-name"] == "resnet18" and quick["pretrained"] is False
+    assert demo.demo_hyperparameters(real_data=True, overrides=[]) == {}  # the trainer's defaults
+    with pytest.raises(SystemExit):
+        demo.demo_hyperparameters(real_data=True, overrides=["--model-name", "vgg11"])
+
+
+def test_demo_sends_one_test_image_per_class(tmp_path):
+    data = make_dataset(tmp_path, num_classes=3, counts={"train": 1, "valid": 1, "test": 2}, size=16)
+    samples = demo.one_image_per_class(data)
+    assert [folder for folder, _ in samples] == class_folder_names(3)
+    assert all(path.parent.parent.name == "test" and path.name == "0000.jpg" for _, path in samples)
+
+
+def test_host_torch_index_is_kept_unless_a_local_wheel_has_the_pinned_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_pip_config_listing", lambda: "")
+    impostor = tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    impostor.write_bytes(b"not the pinned wheel")
+    environ = {"PIP_FIND_LINKS": str(tmp_path)}
+    assert build.host_torch_index("serve", "https://index.example/cpu", environ) == (
+        "https://index.example/cpu")
+    pins = build.parse_pins(build.requirements_file("serve").read_text())
+    monkeypatch.setattr(build, "sha256_of", lambda path: next(iter(pins["torch"].hashes)))
+    assert build.host_torch_index("serve", "https://index.example/cpu", environ) == ""

@@ -1,0 +1,170 @@
+"""The two images, built in a real Docker engine: what SageMaker and the builds expect of them.
+
+Marker ``docker``: without any Docker engine these tests are skipped with a warning, and under
+CI (``CI=true``) they fail instead. Both images are built once per session (``docker_fixtures``).
+"""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from scripts.containers import build, images, push
+from scripts.engine import apt, dockerd
+
+pytestmark = pytest.mark.docker
+
+
+def test_serving_image_runs_as_non_root_with_the_sagemaker_labels(engine, built_images):
+    config = json.loads(
+        engine.run("image", "inspect", "--format", "{{json .Config}}", built_images["serve"]).stdout
+    )
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert config["Labels"]["com.amazonaws.sagemaker.capabilities.multi-models"] == "false"
+    assert config["User"] not in ("", "root", "0")
+    uid = engine.run("run", "--rm", built_images["serve"], "id", "-u").stdout.strip()
+    assert uid != "0"
+    # `docker run IMAGE serve` resolves `serve` on PATH; java for MMS, and no torchvision.
+    check = "command -v serve && command -v java && ! python3 -c 'import torchvision' 2>/dev/null"
+    engine.run("run", "--rm", built_images["serve"], "sh", "-c", check)
+
+
+def test_training_image_runs_the_toolkit_on_our_program(engine, built_images):
+    config = json.loads(
+        engine.run("image", "inspect", "--format", "{{json .Config}}", built_images["train"]).stdout
+    )
+    assert "SAGEMAKER_PROGRAM=train.py" in config["Env"]
+    assert config["Cmd"] == ["train"]
+    listing = engine.run(
+        "run", "--rm", built_images["train"], "sh", "-c", "command -v train; ls /opt/ml/code"
+    )
+    assert "/train" in listing.stdout.splitlines()[0]
+    assert "train.py" in listing.stdout.split()
+
+
+def test_images_are_linux_amd64_and_hold_no_pip_ca_secret(engine, built_images):
+    for image in built_images.values():
+        platform = engine.run(
+            "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", image
+        ).stdout.strip()
+        assert platform == "linux/amd64"
+        history = engine.run("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+        assert "BEGIN CERTIFICATE" not in history
+        engine.run("run", "--rm", image, "sh", "-c", "test ! -e /run/secrets/pip_cert")
+        env = engine.run("image", "inspect", "--format", "{{json .Config.Env}}", image).stdout
+        assert "PIP_CERT" not in env
+
+
+def test_pretrained_models_build_option_bakes_weights_into_the_torch_hub_cache(
+    engine, base_image, built_images
+):
+    """Online the weights land in $TORCH_HOME/hub/checkpoints; offline the build names what it fetched."""
+    try:
+        build.build_image(
+            engine, "train", ["test-weights"], base_image, pretrained_models="resnet18", quiet=True
+        )
+    except subprocess.CalledProcessError as error:
+        output = (error.stdout or "") + (error.stderr or "")
+        assert "cannot bake resnet18 weights from https://download.pytorch.org/models/resnet18" in output
+        return
+    image = f"{images.repository('train')}:test-weights"
+    listing = engine.run("run", "--rm", image, "sh", "-c", "ls $TORCH_HOME/hub/checkpoints").stdout
+    assert "resnet18-" in listing
+    engine.run("rmi", image, check=False)
+
+
+class _AuthorizingRegistry:
+    """Debian's docker-registry on a free loopback port, with htpasswd for ECR's user and password."""
+
+    def __init__(self, tmp_path, user: str, password: str):
+        import bcrypt  # in the dev environment (paramiko's dependency)
+
+        if shutil.which("docker-registry") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+            apt.install_debian_packages("docker-registry")
+        registry = shutil.which("docker-registry")
+        if registry is None:
+            pytest.skip("docker-registry (Debian package) is not installed and cannot be here")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        (tmp_path / "htpasswd").write_text(
+            f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()}\n"
+        )
+        (tmp_path / "config.yml").write_text(
+            "version: 0.1\n"
+            f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+            f"http: {{addr: '127.0.0.1:{self.port}'}}\n"
+            f"auth: {{htpasswd: {{realm: test, path: {tmp_path / 'htpasswd'}}}}}\n"
+        )
+        self.process = subprocess.Popen(
+            [registry, "serve", str(tmp_path / "config.yml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self.authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        deadline = time.monotonic() + 30
+        while self.tags("v2-probe") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def tags(self, repository: str) -> list[str] | None:
+        """The tags the registry holds for ``repository`` (None while it does not answer yet)."""
+        request = urllib.request.Request(
+            f"http://{self.host}/v2/{repository}/tags/list", headers={"Authorization": self.authorization}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())["tags"]
+        except urllib.error.HTTPError as error:
+            return [] if error.code == 404 else None
+        except OSError:
+            return None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def test_push_creates_missing_repositories_logs_in_and_pushes_every_tag(
+    engine, base_image, tmp_path, monkeypatch
+):
+    """`make push` end to end, with moto for ECR's API and a local registry for ECR's registry."""
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # docker login writes here
+    pushing = dockerd.Engine(engine.docker, engine.host)
+    # A small stand-in for the serving image: pushing 1.4 GB would prove nothing more.
+    for tag in ("push-a", "push-b"):
+        pushing.run("tag", base_image, f"{images.repository('serve')}:{tag}")
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("ecr", region_name="eu-west-1")
+        _, password = push.login_credentials(client)
+        registry = _AuthorizingRegistry(tmp_path, "AWS", password)
+        try:
+            pushed = push.push(client, pushing, registry.host, ["serve"], ["push-a", "push-b"])
+            repositories = [repo["repositoryName"] for repo in client.describe_repositories()["repositories"]]
+            tags_in_registry = registry.tags(images.repository("serve"))
+        finally:
+            registry.stop()
+    assert repositories == [images.repository("serve")]
+    assert pushed == [f"{registry.host}/{images.repository('serve')}:{tag}" for tag in ("push-a", "push-b")]
+    assert sorted(tags_in_registry) == ["push-a", "push-b"]
+    for tag in ("push-a", "push-b"):
+        pushing.run(
+            "rmi",
+            f"{images.repository('serve')}:{tag}",
+            f"{registry.host}/{images.repository('serve')}:{tag}",
+        )
