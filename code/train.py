@@ -7,7 +7,8 @@ hyperparameters, names in ``classifier/hyperparameters.py``) with the container 
 1. reads and checks the data (``classifier.data``),
 2. builds the network (``classifier.models``) and the optimizer and schedule,
 3. trains, validating every epoch, with the smdebug hook watching, a checkpoint after every
-   epoch, the best weights by validation loss kept and early stopping,
+   epoch, the best weights by validation loss kept and early stopping (the run's state is one
+   ``classifier.training_state.TrainingState``, saved to and restored from the checkpoint),
 4. evaluates the best weights on the test split,
 5. writes the artifact for the serving image (``classifier.export``).
 
@@ -37,12 +38,13 @@ from torch.utils.data import DataLoader
 from classifier import checkpoints, export, models, optimization, sagemaker_env
 from classifier.artifact import RESOURCE_USAGE_FILE
 from classifier.checkpoints import StopSignal
-from classifier.data import build_loaders, load_splits
+from classifier.data import ImageFolderSplits, build_loaders, load_splits
 from classifier.debugger import Debugger
 from classifier.errors import TrainingError
 from classifier.hyperparameters import build_parser
 from classifier.metrics import format_epoch_line, format_test_line
 from classifier.resources import ResourceSampler
+from classifier.training_state import TrainingState
 
 logger = logging.getLogger("train")
 
@@ -171,8 +173,92 @@ def check_finite(name: str, value: float, epoch: int) -> None:
         )
 
 
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+def build_training_state(
+    args: argparse.Namespace, class_folders: list[str], device: torch.device
+) -> TrainingState:
+    """The network, optimizer, schedule and gradient scaler of a fresh run."""
+    model = models.build_model(
+        args.model_name, len(class_folders), args.pretrained, args.weights_path, args.fine_tune
+    )
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)
+    optimizer = optimization.build_optimizer(
+        model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay
+    )
+    return TrainingState(
+        model,
+        optimizer,
+        optimization.build_scheduler(optimizer, args.epochs, args.warmup_epochs, args.lr_schedule),
+        torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        identity={"model_name": args.model_name, "class_folders": class_folders},
+    )
+
+
+def train_epochs(
+    state: TrainingState,
+    args: argparse.Namespace,
+    loaders: dict[str, DataLoader],
+    criterion: nn.Module,
+    device: torch.device,
+    debugger: Debugger,
+    stop: StopSignal,
+    checkpoint_dir: Path,
+) -> None:
+    """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each."""
+    while state.next_epoch <= args.epochs and not state.early_stopped:
+        epoch, started, learning_rate = state.next_epoch, time.monotonic(), state.learning_rate
+        debugger.train()
+        train_loss, train_accuracy = train_one_epoch(
+            state.model, loaders["train"], criterion, state.optimizer, state.scaler, device, stop
+        )
+        if stop.requested:
+            # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
+            path = state.save(checkpoint_dir)
+            raise TrainingStopped(stop.received, f"during epoch {epoch} of {args.epochs}", path, epoch)
+        check_finite("the training loss", train_loss, epoch)
+        debugger.eval()
+        valid_loss, valid_accuracy = evaluate(state.model, loaders["valid"], criterion, device)
+        check_finite("the validation loss", valid_loss, epoch)
+        state.scheduler.step()
+
+        print(format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy), flush=True)
+        seconds = time.monotonic() - started
+        state.end_epoch({
+            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+            "valid_loss": valid_loss, "valid_accuracy": valid_accuracy,
+            "learning_rate": learning_rate, "seconds": round(seconds, 3),
+        }, args.early_stopping_patience)
+        path = state.save(checkpoint_dir)
+        logger.info(
+            "epoch %d/%d done in %.1f s (learning rate %.3g); best epoch %d; checkpoint %s",
+            epoch, args.epochs, seconds, learning_rate, state.best.epoch, path,
+        )
+        if stop.requested:
+            raise TrainingStopped(stop.received, f"after epoch {epoch} of {args.epochs}", path, epoch + 1)
+        if state.early_stopped:
+            logger.info(
+                "early stop: no better validation loss in %d epochs", state.epochs_without_improvement
+            )
+
+
+def export_best_weights(
+    args: argparse.Namespace, state: TrainingState, data: ImageFolderSplits, test: dict[str, float]
+) -> None:
+    """Writes the artifact: a fresh network (no debugger hooks) holding the best weights, and the metrics."""
+    num_classes = len(data.class_folders)
+    serving_model = models.architecture(args.model_name, num_classes)
+    serving_model.load_state_dict(state.best.state)
+    metrics = export.metrics_document(
+        hyperparameters={name.replace("_", "-"): value for name, value in vars(args).items()},
+        epochs=state.history,
+        best_epoch=state.best.epoch,
+        test=test,
+        num_classes=num_classes,
+        bad_images=data.bad_image_counts(),
+    )
+    export.write_artifact(
+        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -184,135 +270,34 @@ def run(args: argparse.Namespace) -> None:
     workers = args.workers if args.workers is not None else sagemaker_env.num_cpus()
     logger.info("device %s, %d data-loader workers, hyperparameters %s", device, workers, vars(args))
 
-    # ---- data
     data = load_splits(sagemaker_env.channels(), args.max_bad_image_fraction, sagemaker_env.num_cpus())
     loaders = build_loaders(data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda")
-    num_classes = len(data.class_folders)
-
-    # ---- model, loss, optimizer, schedule
-    model = models.build_model(
-        args.model_name, num_classes, args.pretrained, args.weights_path, args.fine_tune
-    )
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = optimization.build_optimizer(
-        model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay
-    )
-    scheduler = optimization.build_scheduler(optimizer, args.epochs, args.warmup_epochs, args.lr_schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-
-    # ---- resume
-    identity = {"model_name": args.model_name, "class_folders": data.class_folders}
+    state = build_training_state(args, data.class_folders, device)
     checkpoint_dir = sagemaker_env.checkpoint_dir()
-    history: list[dict[str, float]] = []
-    best = {"epoch": 0, "valid_loss": math.inf, "state": cpu_state_dict(model)}
-    epochs_without_improvement, early_stopped, start_epoch = 0, False, 1
-    checkpoint = checkpoints.load_checkpoint(checkpoint_dir, identity)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        checkpoints.restore_rng_state(checkpoint["rng"])
-        history, best = checkpoint["history"], checkpoint["best"]
-        epochs_without_improvement = checkpoint["epochs_without_improvement"]
-        early_stopped = checkpoint["early_stopped"]
-        start_epoch = checkpoint["epoch"] + 1
+    if state.resume(checkpoint_dir):
         logger.info(
             "resuming from %s: %d epoch(s) done, continuing at epoch %d",
-            checkpoint_dir / checkpoints.CHECKPOINT_FILE, checkpoint["epoch"], start_epoch,
+            checkpoint_dir / checkpoints.CHECKPOINT_FILE, state.epochs_done, state.next_epoch,
         )
 
-    def save_checkpoint(epochs_done: int) -> Path:
-        return checkpoints.save_checkpoint(checkpoint_dir, {
-            **identity,
-            "epoch": epochs_done,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": checkpoints.rng_state(),
-            "history": history,
-            "best": best,
-            "epochs_without_improvement": epochs_without_improvement,
-            "early_stopped": early_stopped,
-        })
-
-    # ---- train
     debugger = Debugger.create(
         sagemaker_env.debugger_config_file(),
         Path(args.debugger_out_dir) if args.debugger_out_dir else sagemaker_env.debugger_out_dir(),
         args.debugger_save_interval,
         local_default=args.debugger,
     )
-    debugger.watch(model, criterion)  # after freezing: frozen layers get no gradient hooks
+    debugger.watch(state.model, criterion)  # after freezing: frozen layers get no gradient hooks
     with ResourceSampler(sagemaker_env.output_data_dir() / RESOURCE_USAGE_FILE, args.resource_sample_seconds):
-        for epoch in range(start_epoch, args.epochs + 1):
-            if early_stopped:
-                break
-            started = time.monotonic()
-            learning_rate = optimizer.param_groups[0]["lr"]
-            debugger.train()
-            train_loss, train_accuracy = train_one_epoch(
-                model, loaders["train"], criterion, optimizer, scaler, device, stop
-            )
-            if stop.requested:
-                # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
-                path = save_checkpoint(epoch - 1)
-                raise TrainingStopped(stop.received, f"during epoch {epoch} of {args.epochs}", path, epoch)
-            check_finite("the training loss", train_loss, epoch)
-            debugger.eval()
-            valid_loss, valid_accuracy = evaluate(model, loaders["valid"], criterion, device)
-            check_finite("the validation loss", valid_loss, epoch)
-            scheduler.step()
-
-            line = format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy)
-            print(line, flush=True)
-            seconds = time.monotonic() - started
-            history.append({
-                "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                "valid_loss": valid_loss, "valid_accuracy": valid_accuracy,
-                "learning_rate": learning_rate, "seconds": round(seconds, 3),
-            })
-            if valid_loss < best["valid_loss"]:
-                best = {"epoch": epoch, "valid_loss": valid_loss, "state": cpu_state_dict(model)}
-                epochs_without_improvement = 0
-            else:
-                epochs_without_improvement += 1
-            early_stopped = 0 < args.early_stopping_patience <= epochs_without_improvement
-            path = save_checkpoint(epoch)
-            logger.info(
-                "epoch %d/%d done in %.1f s (learning rate %.3g); best epoch %d; checkpoint %s",
-                epoch, args.epochs, seconds, learning_rate, best["epoch"], path,
-            )
-            if stop.requested:
-                raise TrainingStopped(stop.received, f"after epoch {epoch} of {args.epochs}", path, epoch + 1)
-            if early_stopped:
-                logger.info("early stop: no better validation loss in %d epochs", epochs_without_improvement)
-
-        # ---- test the best weights
-        model.load_state_dict(best["state"])
+        train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir)
+        state.model.load_state_dict(state.best.state)
         debugger.eval()
-        test_loss, test_accuracy = evaluate(model, loaders["test"], criterion, device)
+        test_loss, test_accuracy = evaluate(state.model, loaders["test"], criterion, device)
         print(format_test_line(test_loss, test_accuracy), flush=True)
         debugger.close()
 
-    # ---- export: a fresh network (no debugger hooks) holding the best weights
-    serving_model = models.architecture(args.model_name, num_classes)
-    serving_model.load_state_dict(best["state"])
-    metrics = export.metrics_document(
-        hyperparameters={name.replace("_", "-"): value for name, value in vars(args).items()},
-        epochs=history,
-        best_epoch=best["epoch"],
-        test={"test_loss": test_loss, "test_accuracy": test_accuracy},
-        num_classes=num_classes,
-        bad_images=data.bad_image_counts(),
-    )
-    export.write_artifact(
-        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR
-    )
-    logger.info("training complete: best epoch %d, test accuracy %.4f", best["epoch"], test_accuracy)
+    export_best_weights(args, state, data, {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    logger.info("training complete: best epoch %d, test accuracy %.4f", state.best.epoch, test_accuracy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from scripts.engine.base_image import ensure_base_image
-from scripts.engine.client import find_client
+from scripts.engine.client import default_installer, find_client
 from scripts.engine.dockerd import (
     PrivateEngine,
     connect,
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     try:
         match argv:
             case ["status"]:
-                docker = find_client()
+                docker = find_client(install=default_installer())
                 if engine_answers(docker, None):
                     where = os.environ.get("DOCKER_HOST", "the default engine")
                 elif read_pid(private.pidfile) and engine_answers(docker, private.host):

@@ -4,7 +4,7 @@ BuildKit is needed for ``RUN --mount`` (the pip CA secret, the pip cache, the wh
 has it through the buildx plugin, or built in (clients 18.09 to 22.x, such as Debian's 20.10 at
 ``/usr/bin/docker``). The choice is a pure function of what each candidate reports
 (:func:`choose_client`); :func:`find_client` asks the candidates and, when none will do and we may
-(root with apt-get), installs Debian's ``docker.io`` and asks again.
+(root with apt-get: :func:`default_installer`), installs Debian's ``docker.io`` and asks again.
 """
 
 from __future__ import annotations
@@ -108,8 +108,12 @@ def probe(docker: str, environ: Mapping[str, str] | None = None) -> ClientProbe:
     return ClientProbe(docker, version, buildx.returncode == 0)
 
 
-def install_debian_docker() -> None:
-    apt.install_debian_packages(apt.DOCKER_PACKAGE)
+def default_installer() -> Callable[[], None] | None:
+    """Installs Debian's docker.io (it also brings the dockerd a private engine needs), where we may:
+    as root with apt-get. None elsewhere."""
+    if not apt.can_install():
+        return None
+    return lambda: apt.install_debian_packages(apt.DOCKER_PACKAGE)
 
 
 def find_client(
@@ -119,16 +123,13 @@ def find_client(
 ) -> str:
     """A Docker client that can build with BuildKit: ``$DOCKER``, else the first candidate that can.
 
-    Where none can, ``install`` runs once (by default: Debian's docker.io, which also brings the
-    dockerd a private engine needs, when we are root with apt-get) and the candidates are asked
-    again. Raises :class:`EngineUnavailable` with one line saying what to install otherwise.
+    Where none can, ``install`` (see :func:`default_installer`) runs once and the candidates are
+    asked again. Raises :class:`EngineUnavailable` with one line saying what to install otherwise.
     """
     if environ.get("DOCKER"):
         if not os.access(environ["DOCKER"], os.X_OK):
             raise EngineUnavailable(f"DOCKER={environ['DOCKER']} is not an executable Docker client")
         return environ["DOCKER"]
-    if install is None and apt.can_install():
-        install = install_debian_docker
     installed = False
     while True:
         probes = [probe(path, environ) for path in candidates(environ, debian_client)]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from scripts import CACHE_DIR
 from scripts.engine import apt
-from scripts.engine.client import find_client
+from scripts.engine.client import default_installer, find_client
 from scripts.engine.errors import EngineUnavailable
 
 ENGINE_DIR = CACHE_DIR / "docker"
@@ -235,7 +235,7 @@ def connect(private: PrivateEngine | None = None) -> Engine:
     Raises :class:`EngineUnavailable` with the reason when neither is possible.
     """
     private = private or PrivateEngine()
-    docker = find_client()
+    docker = find_client(install=default_installer())
     if engine_answers(docker, None):
         return Engine(docker)
     if os.geteuid() != 0:

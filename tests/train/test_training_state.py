@@ -1,0 +1,88 @@
+"""The run's state is one object: what it books per epoch, and the checkpoint round trip."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from classifier import checkpoints
+from classifier.errors import TrainingError
+from classifier.training_state import TrainingState
+
+
+def make_state(seed: int = 0) -> TrainingState:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    identity = {"model_name": "tiny", "class_folders": ["a", "b"]}
+    return TrainingState(model, optimizer, scheduler, scaler, identity)
+
+
+def train_a_step(state: TrainingState) -> None:
+    loss = state.model(torch.randn(5, 4)).sum()
+    state.optimizer.zero_grad()
+    loss.backward()
+    state.optimizer.step()
+    state.scheduler.step()
+
+
+def record(epoch: int, valid_loss: float) -> dict[str, float]:
+    return {"epoch": epoch, "train_loss": 1.0, "valid_loss": valid_loss}
+
+
+def test_epochs_book_the_best_weights_and_early_stopping():
+    state = make_state()
+    assert (state.next_epoch, state.best.epoch, state.best.valid_loss) == (1, 0, math.inf)
+    train_a_step(state)
+    state.end_epoch(record(1, 0.9), early_stopping_patience=2)
+    best_weights = {name: tensor.clone() for name, tensor in state.best.state.items()}
+    train_a_step(state)
+    state.end_epoch(record(2, 0.95), early_stopping_patience=2)
+    assert (state.best.epoch, state.epochs_without_improvement, state.early_stopped) == (1, 1, False)
+    assert all(torch.equal(best_weights[name], tensor) for name, tensor in state.best.state.items())
+    state.end_epoch(record(3, 0.91), early_stopping_patience=2)
+    assert state.early_stopped and state.next_epoch == 4
+    assert [entry["epoch"] for entry in state.history] == [1, 2, 3]
+
+
+def test_patience_zero_never_stops():
+    state = make_state()
+    for epoch in range(1, 6):
+        state.end_epoch(record(epoch, 1.0 + epoch), early_stopping_patience=0)
+    assert not state.early_stopped and state.epochs_without_improvement == 4
+
+
+def test_a_saved_state_resumes_exactly(tmp_path):
+    state = make_state(seed=1)
+    train_a_step(state)
+    state.end_epoch(record(1, 0.7), early_stopping_patience=3)
+    train_a_step(state)
+    state.end_epoch(record(2, 0.8), early_stopping_patience=3)
+    state.save(tmp_path)
+    next_draw = torch.rand(3)  # what the saved run would have drawn next
+
+    resumed = make_state(seed=2)  # other weights: everything must come from the checkpoint
+    assert resumed.resume(tmp_path)
+    assert (resumed.epochs_done, resumed.next_epoch, resumed.best.epoch) == (2, 3, 1)
+    assert resumed.history == state.history and resumed.epochs_without_improvement == 1
+    assert resumed.learning_rate == state.learning_rate == pytest.approx(0.025)
+    for name, tensor in state.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor)
+    for name, tensor in state.best.state.items():
+        assert torch.equal(resumed.best.state[name], tensor)
+    assert resumed.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
+        state.optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(torch.rand(3), next_draw)  # the random generators continue where it was
+
+
+def test_nothing_to_resume_and_another_runs_checkpoint(tmp_path):
+    assert not make_state().resume(tmp_path)
+    state = make_state()
+    state.identity = {"model_name": "other", "class_folders": ["a", "b"]}
+    state.save(tmp_path)
+    with pytest.raises(TrainingError, match="model_name differs"):
+        make_state().resume(tmp_path)
+    assert (tmp_path / checkpoints.CHECKPOINT_FILE).is_file()
