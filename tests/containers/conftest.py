@@ -21,7 +21,7 @@ from scripts.engine import dockerd
 from scripts.engine.base_image import ensure_base_image
 from scripts.engine.errors import EngineUnavailable
 
-# A tag of their own per checkout or session (TEST_IMAGE_TAG), so that parallel sessions never test each other's build.
+# A tag per checkout or session (TEST_IMAGE_TAG): parallel sessions never test each other's build.
 TEST_TAG = os.environ.get("TEST_IMAGE_TAG", "test")
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train
-from classifier import checkpoints, data, dataset, debugger, models, optimization, resources
+from classifier import artifact, checkpoints, data, dataset, debugger, models, optimization, resources
 from classifier.errors import TrainingError
 from classifier.hyperparameters import FINE_TUNE_POLICIES, build_parser
 from scripts import REPO_ROOT
@@ -163,7 +163,7 @@ def test_checkpoints_are_atomic_and_tied_to_their_run(tmp_path):
 
 
 def test_resource_sampler_writes_json_lines(tmp_path):
-    path = tmp_path / "data" / resources.RESOURCE_USAGE_FILE
+    path = tmp_path / "data" / artifact.RESOURCE_USAGE_FILE
     with resources.ResourceSampler(path, interval_s=0.05):
         time.sleep(0.3)
     samples = [json.loads(line) for line in path.read_text().splitlines()]
