@@ -113,9 +113,9 @@ teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
 # Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
 REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
 .PHONY: report
-report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html] [REPORT_CACHE=dir]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
-	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REPORT_CACHE),--cache $(REPORT_CACHE))
 
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
