@@ -112,7 +112,10 @@ class TrainingEvidence:
     def end_epoch(self, history: Sequence[dict]) -> None:
         """After each epoch: the pending step timings, the epochs so far, and the live copy."""
         self.steps.flush()
-        write_epochs(self.folder / EPOCHS_FILE, history)
+        try:
+            write_epochs(self.folder / EPOCHS_FILE, history)
+        except OSError as error:  # evidence must never stop training
+            logger.warning("could not write the epochs to %s: %s", self.folder / EPOCHS_FILE, error)
         self.refresh_live_copy()
 
     def refresh_live_copy(self) -> None:

@@ -22,6 +22,7 @@ waited would show its GPU work as time spent waiting for the next batch.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,8 +30,10 @@ from typing import TypeVar
 
 import psutil
 
+logger = logging.getLogger(__name__)
+
 Batch = TypeVar("Batch")
-FIELDS = ("epoch", "step", "elapsed_s", "wait_s", "step_s")
+FIELDS = ("epoch", "step", "elapsed_s", "wait_s", "step_s")  # of each JSON line, in order
 
 
 def process_started() -> float:
@@ -78,14 +81,17 @@ class StepTimer:
             self.flush()
 
     def flush(self) -> None:
-        """Appends the steps recorded since the last flush."""
+        """Appends the steps recorded since the last flush (a failed write is logged, never raised:
+        timing must not stop training)."""
         if not self._pending:
             return
         lines = [
-            json.dumps({"epoch": epoch, "step": step, "elapsed_s": round(elapsed, 6),
-                        "wait_s": round(wait, 6), "step_s": round(duration, 6)})
-            for epoch, step, elapsed, wait, duration in self._pending
+            json.dumps(dict(zip(FIELDS, (epoch, step, *(round(s, 6) for s in seconds)), strict=True)))
+            for epoch, step, *seconds in self._pending
         ]
-        with self.path.open("a") as out:
-            out.write("\n".join(lines) + "\n")
+        try:
+            with self.path.open("a") as out:
+                out.write("\n".join(lines) + "\n")
+        except OSError as error:
+            logger.warning("could not write %d step timings to %s: %s", len(lines), self.path, error)
         self._pending.clear()

@@ -67,6 +67,15 @@ def natural_key(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def short_labels(names: tuple[str, ...]) -> list[str]:
+    """Layer names without the prefix smdebug gives them all (the network's class: ``ResNet_``)."""
+    heads = {name.split(".")[0].split("_")[0] + "_" for name in names}
+    prefix = heads.pop() if len(heads) == 1 and len(names) > 1 else ""
+    if not prefix[:1].isupper() or not all(name.startswith(prefix) for name in names):
+        return list(names)
+    return [name.removeprefix(prefix) for name in names]
+
+
 def heatmap(key: str, title: str, colorbar_label: str, rows: dict[str, list[tuple[float, float]]],
             notes: tuple[str, ...] = ()) -> Heatmap:
     """A layer x step heatmap from each layer's (step, value) points, layers in natural order."""
@@ -90,8 +99,10 @@ def extremes(rows: dict[str, list[tuple[float, float]]], what: str, shown: int =
     )
     if len(medians) < 2:
         return ""
+    short = dict(zip(rows, short_labels(tuple(rows)), strict=True))
+
     def listed(items):
-        return ", ".join(f"{name} ({value:.2g})" for value, name in items)
+        return ", ".join(f"{short[name]} ({value:.2g})" for value, name in items)
     shown = min(shown, len(medians) // 2)
     return f"largest median {what}: {listed(medians[:shown])}; smallest: {listed(medians[::-1][:shown])}"
 

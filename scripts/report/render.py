@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from scripts.report.data import Heatmap, Plot
+from scripts.report.data import Heatmap, Plot, short_labels
 
 LEGEND_ROWS = 18  # beyond this many series the legend wraps into more columns
 MAX_X_TICKS = 12
@@ -44,15 +44,6 @@ def figure(plot: Plot | Heatmap) -> Figure:
         fontsize = "x-small" if len(plot.series) > 6 else None
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=columns, fontsize=fontsize)
     return fig
-
-
-def short_labels(names: tuple[str, ...]) -> list[str]:
-    """Layer names without the prefix smdebug gives them all (the network's class: ``ResNet_``)."""
-    heads = {name.split(".")[0].split("_")[0] + "_" for name in names}
-    prefix = heads.pop() if len(heads) == 1 and len(names) > 1 else ""
-    if not prefix or not all(name.startswith(prefix) for name in names):
-        return list(names)
-    return [name.removeprefix(prefix) for name in names]
 
 
 def heatmap_figure(plot: Heatmap) -> Figure:

@@ -38,6 +38,7 @@ from classifier.artifact import (
     STEP_TIMINGS_FILE,
     TENSORS_DIR,
 )
+from classifier.step_timing import FIELDS as STEP_TIMING_FIELDS
 
 EVIDENCE_DIR = "output/data"  # in a local run's OUT folder
 RESOURCES_PATH = f"{EVIDENCE_DIR}/{RESOURCE_USAGE_FILE}"
@@ -95,7 +96,7 @@ def read_resource_samples(lines: str, source: str) -> list[dict]:
 
 def read_step_timings(lines: str, source: str) -> list[dict]:
     """Parses ``step_timings.jsonl`` (``classifier.step_timing``)."""
-    return read_json_lines(lines, source, ("epoch", "step", "elapsed_s", "wait_s", "step_s"), "a step timing")
+    return read_json_lines(lines, source, STEP_TIMING_FIELDS, "a step timing")
 
 
 def metrics_from_epochs(epochs: list[dict]) -> dict:

@@ -60,6 +60,17 @@ def test_steps_are_written_in_batches_and_a_loop_that_breaks_off_keeps_its_last_
     assert path.read_text() == ""
 
 
+def test_a_failed_write_is_logged_and_training_goes_on(tmp_path, caplog):
+    path = tmp_path / "timings.jsonl"
+    timer = StepTimer(path)
+    path.unlink()
+    path.mkdir()  # no longer writable as a file
+    for _ in timer.timed(range(2), epoch=1):
+        pass
+    timer.flush()
+    assert "could not write 2 step timings" in caplog.text
+
+
 def test_mirror_links_finished_files_copies_growing_ones_and_drops_stale_ones(tmp_path):
     source, target = tmp_path / "data", tmp_path / "checkpoints" / "evidence"
     (source / "tensors" / "events").mkdir(parents=True)
