@@ -115,6 +115,11 @@ test: setup ## run the whole test suite (Docker tests included); PYTEST_ARGS="-x
 test-fast: setup ## everything but the Docker tests (the inner loop)
 	$(call run_tests,-m 'not docker' $(PYTEST_ARGS))
 
+# runs/, old image tags (all but latest and the git SHA) and, confirmed, the private engine's data.
+.PHONY: clean
+clean: ## remove runs/ and old image tags; the private Docker engine's data if you confirm (CONFIRM=yes|no)
+	$(PYTHON) -m scripts.clean $(if $(CONFIRM),--engine-data $(CONFIRM))
+
 .PHONY: lint
 lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
