@@ -138,3 +138,10 @@ def test_the_users_launch_environment_is_the_lock_without_torch_and_starts_every
     assert not report["torch"]
     for module, answer in report["launchers"].items():
         assert answer["status"] == 0 and "usage:" in answer["stdout"], (module, answer)
+
+
+def test_the_dev_environment_has_the_launch_locks_versions():
+    """The trainer and report tests (``.venv/dev``) import launcher code too: on the same versions."""
+    launch, dev = locked_pins(LAUNCH_LOCK), locked_pins(REPO_ROOT / "tests" / "requirements.txt")
+    assert set(launch) <= set(dev)
+    assert {name: dev[name] for name in launch} == launch
