@@ -59,10 +59,12 @@ def locked_pins(lock: Path, environment: dict[str, str] | None = None) -> dict[s
     return pins
 
 
-# Run by the user's .venv/launch: what is installed, whether torch can be found, and what each
-# launcher (argv[1:]) answers to --help, each run as `python -m` runs it, in one process.
+# Run by the user's .venv/launch: what is installed, whether torch can be found, what each
+# launcher (argv[1:]) answers to --help, each run as `python -m` runs it, in one process, and the
+# values of its environment markers (python_version...).
 INSPECT_LAUNCH_ENVIRONMENT = """
 import contextlib, importlib.metadata, importlib.util, io, json, runpy, sys
+from packaging.markers import default_environment
 answers = {}
 for module in sys.argv[1:]:
     sys.argv, output = [module, "--help"], io.StringIO()
@@ -77,6 +79,7 @@ print(json.dumps({
     "installed": {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()},
     "torch": importlib.util.find_spec("torch") is not None or "torch" in sys.modules,
     "launchers": answers,
+    "markers": default_environment(),
 }))
 """
 
@@ -132,7 +135,7 @@ def test_the_users_launch_environment_is_the_lock_without_torch_and_starts_every
     report = json.loads(inspected.stdout)
 
     installed = {canonicalize_name(name): version for name, version in report["installed"].items()}
-    pins = locked_pins(LAUNCH_LOCK)
+    pins = locked_pins(LAUNCH_LOCK, report["markers"])  # its Python's, which may not be this one
     assert {name: installed.pop(name, None) for name in pins} == pins
     assert set(installed) <= VENV_SEED  # nothing beyond the lock
     assert not report["torch"]
