@@ -150,7 +150,7 @@ class StepOutlier(ProfilerRule):
     )
     FIX = "find the work that runs every few steps (the Debugger hook: raise debugger-save-interval)"
 
-    def __init__(self, stddev: float = 3.0, n_outliers: float = 10, min_steps: float = 20):
+    def __init__(self, stddev: float = 3.0, n_outliers: float = 10, min_steps: float = 10):
         super().__init__(stddev=stddev, n_outliers=n_outliers, min_steps=min_steps)
 
     def judge(self, run):

@@ -1,7 +1,8 @@
 """Real trainer runs for the rule checks, and the browser the report is looked at with.
 
 Session-scoped: the report and rule tests share them, so each trains once. The healthy and
-the not-learning runs differ in their learning rate alone. (The suite's shared ``trained_run``
+the not-learning runs differ in their learning rate alone; the healthy one also stands for a job
+`make train` started, in the job-report tests. (The suite's shared ``trained_run``
 is no healthy run in the rules' sense: its training loss falls by less than 10 % in its three
 epochs.)
 
@@ -28,7 +29,7 @@ CHROMIUM_PACKAGE = "chromium"
 
 # Small and quick on 2 cores: resnet18 on 32 px images; tensors saved every 25 steps (losses: every step).
 TINY = {"model-name": "resnet18", "pretrained": False, "image-size": 32, "workers": 0, "seed": 0,
-        "early-stopping-patience": 0, "resource-sample-seconds": 0.5}
+        "early-stopping-patience": 0, "resource-sample-seconds": 0.2}
 SAVE_INTERVAL = 25
 
 

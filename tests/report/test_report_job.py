@@ -1,10 +1,10 @@
 """The report of a SageMaker training job, against a moto server standing in for AWS.
 
 Jobs are created from the launcher's own requests (``scripts.aws.train_job``). A job as `make train`
-starts it by default (no SageMaker Debugger) gets what a real job of ours uploads, made from the
-suite's real training run: ``model.tar.gz``, ``output.tar.gz`` (the trainer's evidence: tensors,
-step timings, resource samples, epochs) and, under its checkpoint location, the checkpoint and the
-live copy of that evidence. A job with SageMaker Debugger and our custom rules gets a local run's
+starts it by default (no SageMaker Debugger) gets what a real job of ours uploads, made from a
+real trainer run (``healthy_run``): ``model.tar.gz``, ``output.tar.gz`` (the trainer's evidence:
+tensors, step timings, resource samples, epochs) and, under its checkpoint location, the
+checkpoint and the live copy of that evidence. A job with SageMaker Debugger and our custom rules gets a local run's
 tensors under the DebugHookConfig path, its artifacts and a ProfilerReport under rule-output.
 The report reads it all back through boto3 and smdebug. moto does not answer the rule
 evaluation statuses, so those alone are added to DescribeTrainingJob's answer, at the AWS boundary.
@@ -23,11 +23,9 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from report_helpers import SCENARIOS, hooked_run
-from train_helpers import TRAINED_RUN_HYPERPARAMETERS
+from report_helpers import hooked_run
 
 from classifier import artifact
-from classifier.hyperparameters import as_sagemaker_strings
 from scripts.aws import custom_rules, train_job
 from scripts.report import document, profiler_rules, rules
 from scripts.report.data import loss_plot
@@ -97,7 +95,7 @@ def _upload_tensors(s3, tensors: Path, uri: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    return hooked_run(tmp_path_factory.mktemp("job") / "run", SCENARIOS["healthy"])
+    return hooked_run(tmp_path_factory.mktemp("job") / "run", "healthy")
 
 
 @pytest.fixture(scope="module")
@@ -269,29 +267,30 @@ def _upload_folder(s3, folder: Path, uri: str) -> None:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=content)
 
 
-def _create_default_job(name: str, trained_run: Path, ended: bool) -> dict:
+def _create_default_job(name: str, run: Path, ended: bool) -> dict:
     """A job from the launcher's default request, with what our trainer's job uploads: the
     checkpoint folder (synced while it runs) and, once it has ended, model.tar.gz and output.tar.gz."""
-    given = as_sagemaker_strings(TRAINED_RUN_HYPERPARAMETERS)
+    given = json.loads((run / "input" / "config" / "hyperparameters.json").read_text())
     request = _job_request(name, debugger=False, hyperparameters=given)
     assert not {"DebugHookConfig", "ProfilerConfig"} & set(request)  # what `make train` sends
     boto3.client("sagemaker").create_training_job(**request)
     s3 = boto3.client("s3")
-    _upload_folder(s3, trained_run / "checkpoints", request["CheckpointConfig"]["S3Uri"])
+    _upload_folder(s3, run / "checkpoints", request["CheckpointConfig"]["S3Uri"])
     if ended:
-        for what, folder in (("model", trained_run / "model"), ("output", trained_run / "output" / "data")):
+        for what, folder in (("model", run / "model"), ("output", run / "output" / "data")):
             s3.put_object(Bucket=BUCKET, Key=f"training/{name}/output/{what}.tar.gz",
                           Body=_tar_gz(_folder_files(folder)))
     return request
 
 
 @pytest.fixture(scope="module")
-def default_job(aws_env, trained_run):
-    _create_default_job(DEFAULT_JOB, trained_run, ended=True)
+def default_job(aws_env, healthy_run):
+    """The healthy real run (tests/report/conftest.py) as a job `make train` started."""
+    _create_default_job(DEFAULT_JOB, healthy_run, ended=True)
     return DEFAULT_JOB
 
 
-def test_make_report_job_reports_a_job_without_debugger_in_full(default_job, trained_run, tmp_path):
+def test_make_report_job_reports_a_job_without_debugger_in_full(default_job, healthy_run, tmp_path):
     target = tmp_path / "job.html"
     result = subprocess.run(
         ["make", "--no-print-directory", "report", f"JOB={default_job}", f"REPORT={target}",
@@ -308,13 +307,13 @@ def test_make_report_job_reports_a_job_without_debugger_in_full(default_job, tra
     assert "not enough data" not in page and "Verdict: " in page
     extracted = tmp_path / "cache" / default_job / "output-data"
     assert (extracted / artifact.STEP_TIMINGS_FILE).read_bytes() == (
-        trained_run / "output" / "data" / artifact.STEP_TIMINGS_FILE).read_bytes()
+        healthy_run / "output" / "data" / artifact.STEP_TIMINGS_FILE).read_bytes()
 
 
-def test_the_job_report_judges_as_the_local_report_of_the_same_run(default_job, trained_run, tmp_path):
+def test_the_job_report_judges_as_the_local_report_of_the_same_run(default_job, healthy_run, tmp_path):
     sagemaker, s3 = boto3.client("sagemaker"), boto3.client("s3")
     evidence = load_training_job(default_job, sagemaker, s3, cache_dir=tmp_path)
-    local = load_local_run(trained_run)
+    local = load_local_run(healthy_run)
     assert evidence.metrics == local.metrics and evidence.step_timings == local.step_timings
     assert evidence.resource_samples == local.resource_samples
     assert evidence.trial.steps() == local.trial.steps()
@@ -324,14 +323,14 @@ def test_the_job_report_judges_as_the_local_report_of_the_same_run(default_job, 
     assert job_report.summary == local_report.summary
 
 
-def test_a_running_job_is_reported_from_the_live_copy_beside_its_checkpoint(aws_env, trained_run, tmp_path):
+def test_a_running_job_is_reported_from_the_live_copy_beside_its_checkpoint(aws_env, healthy_run, tmp_path):
     name = "classifier-train-running"
-    request = _create_default_job(name, trained_run, ended=False)
+    request = _create_default_job(name, healthy_run, ended=False)
     evidence = load_training_job(name, boto3.client("sagemaker"), boto3.client("s3"), cache_dir=tmp_path)
     live = f"{request['CheckpointConfig']['S3Uri']}/{artifact.LIVE_EVIDENCE_DIR}"
     assert evidence.evidence_location == live
     assert any(f"read the live copy at {live}" in note for note in evidence.notes)
-    local = load_local_run(trained_run)
+    local = load_local_run(healthy_run)
     assert evidence.step_timings == local.step_timings and evidence.trial.steps() == local.trial.steps()
     # No metrics.json yet: the epochs so far, from the evidence; no test accuracy.
     assert evidence.metrics == {"epochs": local.metrics["epochs"], "best_epoch": local.metrics["best_epoch"]}
