@@ -120,7 +120,7 @@ def test_the_rules_file_stands_alone_for_the_sagemaker_rule_evaluator(runs, tmp_
         "    print('condition met')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, rules.__file__, str(runs["no_learning"] / "output" / "tensors")],
+        [sys.executable, "-c", script, rules.__file__, load_local_run(runs["no_learning"]).tensors_location],
         cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
