@@ -154,7 +154,7 @@ tune: $(LAUNCH_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --m
 	$(LAUNCH_PY) -m scripts.aws.tune $(TUNE_ARGS) -- $(HP)
 
 .PHONY: train
-train: $(LAUNCH_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=
+train: $(LAUNCH_ENV) ## SageMaker training job on spot, its evidence for make report: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=--sagemaker-debugger
 	$(LAUNCH_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(TRAIN_ARGS) -- $(HP)
 
 .PHONY: deploy
@@ -175,9 +175,9 @@ teardown: $(LAUNCH_ENV) ## delete ENDPOINT, its endpoint config and its model
 # Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
 REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
 .PHONY: report
-report: $(LAUNCH_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+report: $(LAUNCH_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html] [REPORT_CACHE=dir]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
-	$(LAUNCH_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+	$(LAUNCH_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REPORT_CACHE),--cache $(REPORT_CACHE))
 
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local

@@ -2,8 +2,10 @@
 
 The artifact (``SM_MODEL_DIR``, packed by SageMaker as ``model.tar.gz``) is what the serving
 image reads; it is self-contained: the serving code it needs travels in ``code/``. The evidence
-in ``output/data`` (uploaded as ``output.tar.gz``) is what the report reads. No reader or writer
-spells a name itself. Standard library only: the launchers and the report import it.
+in ``output/data`` (uploaded as ``output.tar.gz`` however the job ends) is what the report reads;
+a copy of it beside the checkpoint (``checkpoints/evidence``, synced to S3 while the job runs)
+lets a running job be reported on. No reader or writer spells a name itself. Standard library
+only: the launchers and the report import it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ METRICS_FILE = "metrics.json"  # per-epoch and test metrics, hyperparameters
 CODE_DIR = "code"  # inference.py and the modules it imports
 # In output/data: CPU, memory and GPU samples, one JSON object per line (classifier.resources).
 RESOURCE_USAGE_FILE = "resource_usage.jsonl"
+# In output/data: each training step's duration and wait for data, one JSON object per line
+# (classifier.step_timing).
+STEP_TIMINGS_FILE = "step_timings.jsonl"
+# In output/data: the finished epochs' metrics so far, one JSON object per line (classifier.evidence).
+EPOCHS_FILE = "epochs.jsonl"
+# In output/data: the smdebug output of the trainer's local default hook (classifier.debugger).
+TENSORS_DIR = "tensors"
+# In the checkpoint folder: the live copy of output/data (classifier.evidence).
+LIVE_EVIDENCE_DIR = "evidence"
 
 # What the serving code needs from code/, relative to the source code folder.
 SERVING_CODE_FILES = (

@@ -123,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debugger", type=str_to_bool, default=True,
                        help="run the local smdebug hook when SageMaker gives no Debugger config")
     debug.add_argument("--debugger-save-interval", type=_positive_int, default=100,
-                       help="steps between saved tensors when no SageMaker Debugger config is given")
+                       help="steps between saved weights, biases and gradients (the loss: every step) "
+                            "when no SageMaker Debugger config is given")
     debug.add_argument("--debugger-out-dir", default=None,
-                       help="where the local smdebug hook writes (default: <base dir>/output/tensors)")
+                       help="where the local smdebug hook writes (default: <base dir>/output/data/tensors)")
     debug.add_argument("--resource-sample-seconds", type=_positive_float, default=5.0,
                        help="seconds between CPU/GPU/memory samples")
     return parser
