@@ -22,7 +22,8 @@ help: ## list the targets
 # train: the training image's Python; serve: the serving image's; dev: tests, launchers, report.
 stamp = $(VENV)/$(1)/.installed-$(shell sha256sum $(2) | cut -c1-16)
 TRAIN_ENV := $(call stamp,train,docker/train/requirements.txt)
-SERVE_ENV := $(call stamp,serve,docker/serve/requirements.txt)
+# The host's serve environment is the serving image's torch variant: it serves every SERVE_ENGINE.
+SERVE_ENV := $(call stamp,serve,docker/serve/requirements-torch.txt)
 DEV_ENV := $(call stamp,dev,tests/requirements.txt)
 
 define make_venv
@@ -38,7 +39,7 @@ $(TRAIN_ENV):
 # PyTorch's CPU index only when no local wheel (pip's find-links, TORCH_FIND_LINKS) has the pinned torch.
 SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.containers.build serve --print-torch-index $(TORCH_CPU_INDEX))
 $(SERVE_ENV):
-	$(call make_venv,serve,docker/serve/requirements.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
+	$(call make_venv,serve,docker/serve/requirements-torch.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
 $(DEV_ENV):
 	$(call make_venv,dev,tests/requirements.txt,)
@@ -50,7 +51,9 @@ LOCK := uv pip compile --quiet --generate-hashes --no-header --python-version 3.
 .PHONY: lock
 lock: ## re-resolve the pinned requirements files from their .in files (needs uv)
 	$(LOCK) docker/train/requirements.in -o docker/train/requirements.txt
-	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) docker/serve/requirements.in -o docker/serve/requirements.txt
+	$(LOCK) docker/serve/requirements.in -o docker/serve/requirements.txt
+	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) \
+		-c docker/serve/requirements.txt docker/serve/requirements-torch.in -o docker/serve/requirements-torch.txt
 	cd tests && $(LOCK) requirements.in -o requirements.txt
 
 # ---------------------------------------------------------------- checks
