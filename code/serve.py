@@ -6,13 +6,16 @@ Starts the model server (multi-model-server through sagemaker-inference, with ou
 and the artifact's ``inference.py``) on private loopback ports, and the gateway SageMaker talks to
 on ``SAGEMAKER_BIND_TO_PORT`` (8080): ``/ping`` is 200 only once a worker has loaded the model and
 passed its warm-up; ``/invocations`` goes to the model server. SIGTERM (or Ctrl-C) stops both and
-exits 0; if the model server dies on its own the exit status is 1. Settings: ``serving/settings.py``.
+exits 0; if the model server dies on its own the exit status is 1. Settings: ``serving/settings.py``;
+the engine (``SERVE_ENGINE``: OpenVINO int8 or fp32, or torch) is chosen and logged once, here,
+and every worker loads that one (``classifier.engines``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import random
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from classifier import sagemaker_env
+from classifier import engines, sagemaker_env
 from serving import model_server
 from serving.gateway import Gateway, Upstream
 from serving.settings import ServeSettings, available_cpus
@@ -89,7 +92,24 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = STOP_GR
     process.wait()
 
 
-def serve(settings: ServeSettings) -> int:
+def choose_engine(model_dir: Path, environ: dict[str, str]) -> engines.EngineChoice | None:
+    """The engine for the artifact, logged once with its reason; None (logged) when it cannot run here."""
+    try:
+        choice = engines.engine_choice(model_dir, environ)
+    except engines.EngineSettingError as error:
+        logger.error("%s", error)
+        return None
+    if choice.engine == engines.TORCH and importlib.util.find_spec("torch") is None:
+        logger.error(
+            "%s; this image has no torch: serve the artifact with the serving image's torch variant "
+            "(tag suffix -torch), or retrain it with this trainer (it adds OpenVINO models)", choice.reason
+        )
+        return None
+    logger.info("%s", choice.log_line())
+    return choice
+
+
+def serve(settings: ServeSettings, engine: str) -> int:
     """Runs the model server and the gateway until SIGTERM/SIGINT (0) or the model server dies (1)."""
     run_dir = Path(tempfile.mkdtemp(prefix="serve-"))
     model_server.lay_out_run_dir(run_dir, settings.model_dir)
@@ -119,7 +139,9 @@ def serve(settings: ServeSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    env = model_server.environment(settings, run_dir, inference_port, management_port, os.environ)
+    # The workers load the engine chosen here rather than choosing again.
+    base = {**os.environ, engines.ENGINE_ENV: engine}
+    env = model_server.environment(settings, run_dir, inference_port, management_port, base)
     launcher = subprocess.Popen(
         [sys.executable, "-m", "serving.model_server"], env=env, start_new_session=True
     )
@@ -169,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers * settings.torch_threads > cpus:
         logger.warning("%d workers x %d torch threads exceed the %d cores", settings.workers,
                        settings.torch_threads, cpus)
-    return serve(settings)
+    choice = choose_engine(settings.model_dir, dict(os.environ))
+    if choice is None:
+        return 2
+    return serve(settings, choice.engine)
 
 
 if __name__ == "__main__":
