@@ -66,7 +66,7 @@ lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
 
 .PHONY: bench
-bench: bench-train bench-serve ## every benchmark: results in benchmarks/*.md (summarised in the README)
+bench: bench-train bench-serve bench-engines ## every benchmark: results in benchmarks/*.md (summarised in the README)
 
 # ---------------------------------------------------------------- serving
 .PHONY: serve-local
@@ -76,8 +76,12 @@ serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model s
 		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"
 
 .PHONY: bench-serve
-bench-serve: $(DEV_ENV) $(SERVE_ENV) ## serving latency vs bare forward, throughput per workers, startup: benchmarks/serve.md [MODEL=]
-	$(DEV_PY) -m scripts.bench.serve run $(if $(MODEL),--model-dir "$(MODEL)")
+bench-serve: $(DEV_ENV) $(SERVE_ENV) $(TRAIN_ENV) ## torch vs default (int8) engine side by side, images, int8 accuracy: benchmarks/serve.md [MODEL=]
+	$(DEV_PY) -m scripts.bench.serve run $(if $(MODEL),--model-dir "$(MODEL)") $(BENCH_ARGS)
+
+.PHONY: bench-engines
+bench-engines: $(DEV_ENV) $(SERVE_ENV) ## ONNX Runtime vs OpenVINO, fp32 and int8 (why OpenVINO): benchmarks/engines.md
+	$(DEV_PY) -m scripts.bench.engines
 
 # ---------------------------------------------------------------- on AWS (README "On AWS")
 # Settings: AWS_PROFILE, AWS_REGION, ROLE_ARN, BUCKET (and S3_PREFIX), as variables
