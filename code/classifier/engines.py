@@ -86,7 +86,7 @@ def choose_engine(
     difference = (quantization or {}).get(DIFFERENCE_KEY)
     if INT8 not in available or not isinstance(difference, int | float) or not math.isfinite(difference):
         return EngineChoice(FP32, "the artifact has no int8 model with a recorded test accuracy")
-    drop = -float(difference)
+    drop = 0.0 - float(difference)  # points of top-1 that int8 loses (negative: it gains)
     accuracies = (
         f"int8 test top-1 {100 * quantization['int8']['test_accuracy']:.2f}% vs fp32 "
         f"{100 * quantization['fp32']['test_accuracy']:.2f}%"
@@ -94,11 +94,11 @@ def choose_engine(
     )
     if drop <= max_drop_points:
         return EngineChoice(
-            INT8, f"{accuracies}: {drop:+.2f} points of drop, within the bound of {max_drop_points:g} "
+            INT8, f"{accuracies}, a drop of {drop:.2f} points, within the bound of {max_drop_points:g} "
             f"({MAX_DROP_ENV})"
         )
     return EngineChoice(
-        FP32, f"{accuracies}: {drop:+.2f} points of drop, more than the bound of {max_drop_points:g} "
+        FP32, f"{accuracies}, a drop of {drop:.2f} points, more than the bound of {max_drop_points:g} "
         f"({MAX_DROP_ENV})"
     )
 
