@@ -157,7 +157,7 @@ def serve(settings: ServeSettings, engine: str) -> int:
     threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True).start()
     threading.Thread(target=watch_model_server, name="watch-model-server", daemon=True).start()
     logger.info(
-        "serving %s on http://%s:%d: %d worker(s) x %d torch thread(s), timeout %d s, payload limit %d MB",
+        "serving %s on http://%s:%d: %d worker(s) x %d thread(s), timeout %d s, payload limit %d MB",
         settings.model_dir, settings.bind_host, settings.port, settings.workers, settings.torch_threads,
         settings.timeout_seconds, settings.max_payload_bytes // (1024 * 1024),
     )

@@ -32,7 +32,7 @@ def server(model_dir, tmp_path_factory):
     env = {engines.ENGINE_ENV: "", "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "SERVE_TORCH_THREADS": "1"}
     process = ServerProcess(model_dir, log, env)
     try:
-        process.wait_healthy()
+        process.watch_ping(lambda status, body: body.get("workers_ready") == 2)  # both workers loaded
         yield process
     finally:
         process.stop()
