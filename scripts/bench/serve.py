@@ -107,8 +107,8 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def post(connection: http.client.HTTPConnection, body: bytes) -> None:
-    connection.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg"})
+def post(connection: http.client.HTTPConnection, body: bytes, path: str = "/invocations") -> None:
+    connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
     response = connection.getresponse()
     payload = response.read()
     if response.status != 200:
@@ -142,24 +142,24 @@ class BareModel:
         self.process.wait(timeout=60)
 
 
-def interleaved_latencies(port: int, body: bytes, bare_model: BareModel,
-                          count: int = LATENCY_REQUESTS) -> tuple[list[float], list[float]]:
+def interleaved_latencies(port: int, body: bytes, bare_model: BareModel, count: int = LATENCY_REQUESTS,
+                          path: str = "/invocations") -> tuple[list[float], list[float]]:
     """Served and bare seconds, one of each in turn, so that both see the same machine load."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     for _ in range(WARMUP_REQUESTS):
-        post(connection, body)
+        post(connection, body, path)
         bare_model.once()
     served, bare_run = [], []
     for _ in range(count):
         started = time.perf_counter()
-        post(connection, body)
+        post(connection, body, path)
         served.append(time.perf_counter() - started)
         bare_run.append(bare_model.once())
     connection.close()
     return served, bare_run
 
 
-def served_throughput(port: int, body: bytes, clients: int, total: int) -> float:
+def served_throughput(port: int, body: bytes, clients: int, total: int, path: str = "/invocations") -> float:
     """Requests per second with ``clients`` connections sending ``total`` requests between them."""
     remaining = iter(range(total))
     lock = threading.Lock()
@@ -167,14 +167,14 @@ def served_throughput(port: int, body: bytes, clients: int, total: int) -> float
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        post(connection, body)  # warm the connection before the clock matters
+        post(connection, body, path)  # warm the connection before the clock matters
         barrier.wait()
         try:
             while True:
                 with lock:
                     if next(remaining, None) is None:
                         return
-                post(connection, body)
+                post(connection, body, path)
         except Exception as error:  # reported after the run
             errors.append(error)
         finally:
@@ -259,8 +259,43 @@ def measure_config(model_dir: Path, work: Path, jpeg: Path, engine: str, workers
     return row
 
 
-def run(model_dir: Path, work: Path, cores: int) -> list[dict]:
-    """Every workers x threads split of the cores, both engines one after the other for each split."""
+def measure_torchserve(model_dir: Path, work: Path, jpeg: Path, workers: int, threads: int,
+                       cores: int) -> dict:
+    """The same measurements of TorchServe serving the artifact with its torch engine."""
+    from scripts.bench.torchserve import TorchServeProcess
+
+    body = jpeg.read_bytes()
+    wait_for_quiet(cores)
+    server = TorchServeProcess(model_dir, work / f"torchserve-{workers}", workers, threads)
+    try:
+        row = {"engine": "TorchServe", "served_by": TORCH, "workers": workers, "threads": threads,
+               "startup_s": server.wait_answering(body)}
+        bare_model = BareModel(model_dir, jpeg, threads, TORCH)
+        try:
+            wait_for_quiet(cores)
+            load_before = os.getloadavg()[0]
+            row["served"], row["bare"] = interleaved_latencies(
+                server.port, body, bare_model, path=server.path
+            )
+            row["load"] = (load_before, os.getloadavg()[0])
+        finally:
+            bare_model.close()
+        wait_for_quiet(cores)
+        row["clients"] = 2 * workers
+        row["requests_per_s"] = served_throughput(
+            server.port, body, 2 * workers, THROUGHPUT_REQUESTS_PER_WORKER * workers, server.path
+        )
+    finally:
+        server.stop()
+    print(f"TorchServe, {workers} x {threads}: first answer after {row['startup_s']:.1f} s, "
+          f"p50 {percentile(row['served'], 50) * 1000:.1f} ms, {row['requests_per_s']:.2f} requests/s",
+          flush=True)
+    return row
+
+
+def run(model_dir: Path, work: Path, cores: int, torchserve: bool = True) -> list[dict]:
+    """Every workers x threads split of the cores: both engines one after the other for each split,
+    then TorchServe (where it installs)."""
     jpeg = work / "request.jpg"
     jpeg.write_bytes(benchmark_jpeg())
     rows = []
@@ -268,6 +303,12 @@ def run(model_dir: Path, work: Path, cores: int) -> list[dict]:
         threads = max(1, cores // workers)
         for engine in ENGINES:
             rows.append(measure_config(model_dir, work, jpeg, engine, workers, threads, cores))
+        if torchserve:
+            try:
+                rows.append(measure_torchserve(model_dir, work, jpeg, workers, threads, cores))
+            except (subprocess.CalledProcessError, RuntimeError, TimeoutError) as error:
+                print(f"TorchServe not measured: {error}", flush=True)
+                torchserve = False
     return rows
 
 
@@ -289,12 +330,12 @@ def seconds_to_healthy(port: int, started: float, timeout: float = 180) -> float
 
 def measure_images(model_dir: Path, work: Path) -> list[dict]:
     """Both serving images: size, and seconds from ``docker run`` to the first healthy ``/ping``."""
-    from scripts.containers import build, local_mode
+    from scripts.containers import build, images, local_mode
     from scripts.engine import dockerd
     from scripts.engine.base_image import ensure_base_image
     from scripts.local.server import free_port
 
-    tag = os.environ.get("BENCH_IMAGE_TAG", "bench")
+    tag = os.environ.get("BENCH_IMAGE_TAG") or f"bench-{images.git_tag()}"
     results = []
     with dockerd.engine_session() as engine:
         base_image = ensure_base_image(engine, os.environ.get("BASE_IMAGE") or None)
@@ -342,6 +383,8 @@ def pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
     """(torch row, default row) for each workers x threads split."""
     by_split: dict[tuple[int, int], dict[str, dict]] = {}
     for row in rows:
+        if row["engine"] not in ENGINES:
+            continue
         by_split.setdefault((row["workers"], row["threads"]), {})[row["engine"]] = row
     return [(split[TORCH], split[DEFAULT]) for split in by_split.values() if len(split) == len(ENGINES)]
 
@@ -402,6 +445,9 @@ def report(rows: list[dict], model: str, size: tuple[int, int], cores: int,
         "",
         "`SERVE_ENGINE=torch` is today's path (the `torch.export` model); the default, `auto`, serves the "
         "artifact's OpenVINO int8 model when its recorded test accuracy allows (else OpenVINO fp32). "
+        "TorchServe (for reference, where it installs: `scripts.bench.torchserve`) serves the same artifact "
+        "with the torch engine through the artifact's own handlers; its startup is its first answered "
+        "request (its `/ping` does not wait for the model). "
         f"Per split of the cores: {LATENCY_REQUESTS} requests one at a time, each followed by the same "
         "decode + evaluation transform + forward + top k in one process with the same engine and threads "
         "(`bare`), so both meet the same load; then throughput with 2 clients per worker.",
@@ -498,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--cores", type=int, default=None, help="N for 1..N workers (default: all cores)")
     bench.add_argument("--no-containers", action="store_true", help="skip the serving images")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy on the digits")
+    bench.add_argument("--no-torchserve", action="store_true", help="skip TorchServe")
     bare_parser = commands.add_parser("bare", help="(internal) the in-process measurement, in .venv/serve")
     bare_parser.add_argument("model_dir", type=Path)
     bare_parser.add_argument("jpeg", type=Path)
@@ -526,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
             os.chmod(folder, 0o755)  # the serving container's non-root user reads the artifact
             model = ("ResNet50, 133 classes, 224x224 input (random weights; OpenVINO int8 calibrated on "
                      "generated images)")
-        rows = run(model_dir, work, cores)
+        rows = run(model_dir, work, cores, torchserve=not args.no_torchserve)
         images = None
         if not args.no_containers:
             try:
