@@ -219,11 +219,29 @@ def chosen_engine(log: str) -> str:
 # ---------------------------------------------------------------- the run
 
 
-def wait_for_quiet(cores: int, patience_s: float = QUIET_PATIENCE_S) -> None:
+def wait_for_quiet(cores: int) -> None:
     """Waits (a while, at most) for the machine's load to drop below its cores: others share it."""
-    deadline = time.monotonic() + patience_s
+    deadline = time.monotonic() + QUIET_PATIENCE_S
     while os.getloadavg()[0] > 0.75 * cores and time.monotonic() < deadline:
         time.sleep(5)
+
+
+def start_healthy(
+    model_dir: Path, log: Path, env: dict[str, str], attempts: int = 3
+) -> tuple[LocalServer, float]:
+    """A healthy server and the seconds it took. sagemaker-inference refuses to start MMS while
+    another MMS runs on the machine (another user's, on a shared machine): then it tries again."""
+    for attempt in range(1, attempts + 1):
+        server = LocalServer(model_dir, log, env)
+        try:
+            return server, server.wait_healthy()
+        except RuntimeError as error:  # the server exited
+            server.stop()
+            if attempt == attempts or "multiple mms model servers" not in server.log_text():
+                raise
+            print(f"another MMS runs on this machine; starting again in 30 s ({error!s:.80})", flush=True)
+            time.sleep(30)
+    raise AssertionError("unreachable")
 
 
 def measure_config(model_dir: Path, work: Path, jpeg: Path, engine: str, workers: int, threads: int,
@@ -233,15 +251,17 @@ def measure_config(model_dir: Path, work: Path, jpeg: Path, engine: str, workers
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers), "SERVE_TORCH_THREADS": str(threads),
            "SERVE_ENGINE": engine}
     wait_for_quiet(cores)
-    server = LocalServer(model_dir, work / f"server-{engine}-{workers}.log", env)
+    server, startup_s = start_healthy(model_dir, work / f"server-{engine}-{workers}.log", env)
     try:
-        row = {"engine": engine, "workers": workers, "threads": threads, "startup_s": server.wait_healthy()}
+        row = {"engine": engine, "workers": workers, "threads": threads, "startup_s": startup_s}
         row["served_by"] = chosen_engine(server.log_text())
         bare_model = BareModel(model_dir, jpeg, threads, engine)
         try:
             wait_for_quiet(cores)
             load_before = os.getloadavg()[0]
-            row["served"], row["bare"] = interleaved_latencies(server.port, body, bare_model)
+            row["served"], row["bare"] = interleaved_latencies(
+                server.port, body, bare_model, LATENCY_REQUESTS
+            )
             row["load"] = (load_before, os.getloadavg()[0])
         finally:
             bare_model.close()
@@ -275,7 +295,7 @@ def measure_torchserve(model_dir: Path, work: Path, jpeg: Path, workers: int, th
             wait_for_quiet(cores)
             load_before = os.getloadavg()[0]
             row["served"], row["bare"] = interleaved_latencies(
-                server.port, body, bare_model, path=server.path
+                server.port, body, bare_model, LATENCY_REQUESTS, server.path
             )
             row["load"] = (load_before, os.getloadavg()[0])
         finally:
@@ -534,6 +554,7 @@ def report(rows: list[dict], model: str, size: tuple[int, int], cores: int,
 
 
 def main(argv: list[str] | None = None) -> None:
+    global LATENCY_REQUESTS, THROUGHPUT_REQUESTS_PER_WORKER, QUIET_PATIENCE_S
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -545,6 +566,10 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--no-containers", action="store_true", help="skip the serving images")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy on the digits")
     bench.add_argument("--no-torchserve", action="store_true", help="skip TorchServe")
+    bench.add_argument("--requests", type=int, default=LATENCY_REQUESTS,
+                       help="latency requests per server (fewer: a quick check of the benchmark itself)")
+    bench.add_argument("--quiet-patience", type=float, default=QUIET_PATIENCE_S,
+                       help="seconds to wait, at most, for a quiet machine before each measurement")
     bare_parser = commands.add_parser("bare", help="(internal) the in-process measurement, in .venv/serve")
     bare_parser.add_argument("model_dir", type=Path)
     bare_parser.add_argument("jpeg", type=Path)
@@ -560,6 +585,8 @@ def main(argv: list[str] | None = None) -> None:
     from serving.settings import available_cpus
 
     cores = args.cores or available_cpus()
+    LATENCY_REQUESTS, QUIET_PATIENCE_S = args.requests, args.quiet_patience
+    THROUGHPUT_REQUESTS_PER_WORKER = min(THROUGHPUT_REQUESTS_PER_WORKER, 2 * args.requests)
     accuracy = None
     if not args.no_accuracy:
         accuracy = int8_accuracy.accuracy_record(int8_accuracy.trained_digits_model())
@@ -580,6 +607,8 @@ def main(argv: list[str] | None = None) -> None:
                 images = measure_images(model_dir, work)
             except EngineUnavailable as error:
                 print(f"no Docker engine, serving images not measured: {error}", flush=True)
+            except (subprocess.CalledProcessError, TimeoutError, RuntimeError) as error:
+                print(f"serving images not measured: {error}", flush=True)
     size = Image.open(io.BytesIO(benchmark_jpeg())).size
     text = report(rows, model, size, cores, accuracy, images)
     args.report.parent.mkdir(parents=True, exist_ok=True)
