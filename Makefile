@@ -147,6 +147,10 @@ PORT ?= 8080
 build: ## build both images for linux/amd64, tagged with the git short SHA and latest
 	$(PYTHON) -m scripts.containers.build train serve
 
+.PHONY: build-torch
+build-torch: ## the serving image's torch variant (SERVE_ENGINE=torch, older artifacts), tags <sha>-torch and latest-torch
+	$(PYTHON) -m scripts.containers.build serve --serve-variant torch
+
 .PHONY: push
 push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both images (AWS settings as for train)
 	$(DEV_PY) -m scripts.containers.push train serve
