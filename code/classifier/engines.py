@@ -12,8 +12,9 @@ Every engine maps a batch of evaluation-transformed images (``preprocessing.eval
 float32) to class probabilities (NC float32). The trainer evaluates the OpenVINO models through
 these same classes (``classifier.quantize``), so the served probabilities are the trainer's
 evaluation of the same engine. An engine runs on ``OMP_NUM_THREADS`` threads (the server sets it
-per worker from ``SERVE_TORCH_THREADS``), else on every core. Standard library and numpy at
-import: torch or openvino is imported by the engine that needs it, so an image may lack either.
+per worker from ``SERVE_TORCH_THREADS``), else on every core. Standard library at import (the
+server's start chooses with it); numpy, torch and openvino are imported where needed, so an image
+may lack torch or openvino.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from classifier import artifact
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: serve.py only chooses, and starts faster without it
 
 ENGINE_ENV = "SERVE_ENGINE"
 MAX_DROP_ENV = "SERVE_INT8_MAX_DROP"
@@ -166,6 +168,8 @@ class Engine(Protocol):
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=1, keepdims=True)
@@ -212,6 +216,8 @@ class OpenVINOEngine:
         self._lock = threading.Lock()  # one inference request, one batch at a time
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         with self._lock:
             result = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
             return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its buffer
