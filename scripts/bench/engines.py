@@ -224,7 +224,8 @@ def report(results: dict) -> str:
         f"requires {protobuf['onnxruntime']} and its quantization tools need `onnx` ({protobuf['onnx']}), "
         f"while OpenVINO's protobuf requirement is {protobuf['openvino']!r} and NNCF's "
         f"{protobuf['nncf']!r}. OpenVINO is the larger runtime; the serving image drops its GPU and NPU "
-        "plugins and its readers of other model formats (about 90 MB) and stays within its size goal (serve.md).",
+        "plugins and its readers of other model formats (about 90 MB) and stays within its size goal "
+        "(serve.md).",
         "",
     ]
     return "\n".join(lines)
