@@ -26,7 +26,7 @@ from scripts.local.train import run_training
 DIGITS_IMAGE_SIZE = 256  # stored size of the scans; the recipe crops 224 as for ImageNet models
 RECIPE = {
     "model-name": "resnet18", "pretrained": False, "fine-tune": "all", "image-size": 224,
-    "batch-size": 32, "epochs": 6, "optimizer": "adamw", "learning-rate": 0.002, "warmup-epochs": 0,
+    "batch-size": 32, "epochs": 3, "optimizer": "adamw", "learning-rate": 0.002, "warmup-epochs": 0,
     "label-smoothing": 0.0, "workers": 1, "seed": 0, "debugger": False, "resource-sample-seconds": 30,
 }  # fmt: skip
 # What the cached run's record depends on besides the recipe: how the trainer makes and evaluates
