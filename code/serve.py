@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import os
 import random
@@ -92,21 +91,24 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = STOP_GR
     process.wait()
 
 
-def choose_engine(model_dir: Path, environ: dict[str, str]) -> engines.EngineChoice | None:
-    """The engine for the artifact, logged once with its reason; None (logged) when it cannot run here."""
+def choose_engine(model_dir: Path, environ: dict[str, str]) -> str | None:
+    """The engine the workers load, chosen and logged once; None (logged) for a setting that means nothing.
+
+    An engine that cannot serve this artifact (its model file or torch missing) is passed on all the
+    same: the workers fail to load it and ``/ping`` answers 503 with the reason, as for any broken
+    artifact.
+    """
     try:
+        requested = engines.requested_engine(environ)
         choice = engines.engine_choice(model_dir, environ)
     except engines.EngineSettingError as error:
         logger.error("%s", error)
         return None
-    if choice.engine == engines.TORCH and importlib.util.find_spec("torch") is None:
-        logger.error(
-            "%s; this image has no torch: serve the artifact with the serving image's torch variant "
-            "(tag suffix -torch), or retrain it with this trainer (it adds OpenVINO models)", choice.reason
-        )
-        return None
+    except engines.EngineUnavailable as error:
+        logger.error("%s", error)
+        return requested
     logger.info("%s", choice.log_line())
-    return choice
+    return choice.engine
 
 
 def serve(settings: ServeSettings, engine: str) -> int:
@@ -191,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers * settings.torch_threads > cpus:
         logger.warning("%d workers x %d torch threads exceed the %d cores", settings.workers,
                        settings.torch_threads, cpus)
-    choice = choose_engine(settings.model_dir, dict(os.environ))
-    if choice is None:
+    engine = choose_engine(settings.model_dir, dict(os.environ))
+    if engine is None:
         return 2
-    return serve(settings, choice.engine)
+    return serve(settings, engine)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ may lack torch or openvino.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import threading
@@ -58,7 +59,11 @@ class EngineChoice:
 
 
 class EngineSettingError(ValueError):
-    """``SERVE_ENGINE`` or ``SERVE_INT8_MAX_DROP`` cannot be honoured for this artifact."""
+    """``SERVE_ENGINE`` or ``SERVE_INT8_MAX_DROP`` has a value that means nothing."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine asked for cannot serve this artifact here (its model file, or torch, is missing)."""
 
 
 # ---------------------------------------------------------------- the choice (pure)
@@ -72,11 +77,10 @@ def choose_engine(
 ) -> EngineChoice:
     """The engine for ``SERVE_ENGINE=requested``, given the engines whose model files the artifact
     holds (``available``) and the trainer's quantization record from ``metrics.json``."""
-    if requested not in CHOICES:
-        raise EngineSettingError(f"{ENGINE_ENV}={requested!r}: expected one of {', '.join(CHOICES)}")
+    check_requested(requested)
     if requested != AUTO:
         if requested not in available:
-            raise EngineSettingError(
+            raise EngineUnavailable(
                 f"{ENGINE_ENV}={requested} but the artifact has no {ENGINE_FILES[requested]} (trained "
                 f"by an older trainer, or with quantize=false): use {ENGINE_ENV}=auto or {TORCH}"
             )
@@ -129,6 +133,18 @@ def quantization_record(model_dir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def check_requested(requested: str) -> None:
+    if requested not in CHOICES:
+        raise EngineSettingError(f"{ENGINE_ENV}={requested!r}: expected one of {', '.join(CHOICES)}")
+
+
+def requested_engine(environ: Mapping[str, str]) -> str:
+    """``SERVE_ENGINE`` (``auto`` when unset); EngineSettingError for a value that is not an engine."""
+    requested = environ.get(ENGINE_ENV, "").strip().lower() or AUTO
+    check_requested(requested)
+    return requested
+
+
 def max_drop_points(environ: Mapping[str, str]) -> float:
     value = environ.get(MAX_DROP_ENV, "").strip()
     if not value:
@@ -144,9 +160,9 @@ def max_drop_points(environ: Mapping[str, str]) -> float:
 
 def engine_choice(model_dir: Path, environ: Mapping[str, str]) -> EngineChoice:
     """The engine that serves the artifact in ``model_dir`` under the settings in ``environ``."""
-    requested = environ.get(ENGINE_ENV, "").strip().lower() or AUTO
     return choose_engine(
-        requested, available_engines(model_dir), quantization_record(model_dir), max_drop_points(environ)
+        requested_engine(environ), available_engines(model_dir), quantization_record(model_dir),
+        max_drop_points(environ),
     )
 
 
@@ -230,5 +246,11 @@ def load_engine(model_dir: Path, engine: str, threads: int | None = None) -> Eng
     """Loads the artifact's model for ``engine`` (``INT8``, ``FP32`` or ``TORCH``)."""
     path = Path(model_dir) / ENGINE_FILES[engine]
     if engine == TORCH:
+        if importlib.util.find_spec("torch") is None:
+            raise EngineUnavailable(
+                "the torch engine needs torch, which this serving image leaves out: serve the artifact "
+                "with the image's torch variant (tag suffix -torch), or retrain it with this trainer "
+                "(it adds OpenVINO models)"
+            )
         return TorchEngine(path)
     return OpenVINOEngine(path, engine, threads)

@@ -1,6 +1,6 @@
 """The default engine: the server picks OpenVINO int8 for the shared training run's artifact, says so
-once, and serves the trainer's evaluation of that engine; bad engine settings stop it with their
-reason; older artifacts are served with torch."""
+once, and serves the trainer's evaluation of that engine; a setting that means nothing stops it with
+the reason; an engine the artifact lacks is reported on /ping; older artifacts are served with torch."""
 
 from __future__ import annotations
 
@@ -105,13 +105,18 @@ def test_bad_engine_settings_stop_the_server_with_status_2_and_the_reason(model_
     assert words in server.log_text()
 
 
-def test_an_older_artifact_is_served_with_torch_and_int8_cannot_be_forced_on_it(model_dir, tmp_path):
+def test_an_older_artifact_is_served_with_torch_and_int8_forced_on_it_is_reported_unhealthy(
+    model_dir, tmp_path
+):
     older = tmp_path / "older"
     shutil.copytree(model_dir, older)
     shutil.rmtree(older / "openvino")
     assert engines.engine_choice(older, {}).engine == engines.TORCH
 
     forced = ServerProcess(older, tmp_path / "forced.log", {engines.ENGINE_ENV: engines.INT8})
-    assert forced.process.wait(timeout=120) == 2
-    forced.stop()
-    assert f"no {artifact.OPENVINO_INT8_FILE}" in forced.log_text()
+    try:
+        seen = forced.watch_ping(lambda status, body: body["status"] == "Unhealthy")
+    finally:
+        forced.stop()
+    assert all(status == 503 for status, _ in seen)
+    assert f"no {artifact.OPENVINO_INT8_FILE}" in seen[-1][1]["reason"], seen[-1]

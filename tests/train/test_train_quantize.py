@@ -113,3 +113,13 @@ def test_without_quantization_the_artifact_has_no_openvino_models(tmp_path):
     assert engines.available_engines(model_dir) == {engines.TORCH}
     assert engines.QUANTIZATION_KEY not in json.loads((model_dir / artifact.METRICS_FILE).read_text())
     assert engines.engine_choice(model_dir, {}).engine == engines.TORCH
+
+
+def test_calibration_spreads_over_the_classes_and_is_fixed_by_the_seed(tmp_path):
+    samples = [(tmp_path / f"{label}-{index}.jpg", label) for label in range(3) for index in range(10)]
+    chosen = quantize.calibration_sample(samples, 7, seed=1)
+    labels = [int(path.name.split("-")[0]) for path in chosen]
+    assert len(chosen) == len(set(chosen)) == 7
+    assert sorted(labels.count(label) for label in range(3)) == [2, 2, 3]
+    assert quantize.calibration_sample(samples, 7, seed=1) == chosen
+    assert len(quantize.calibration_sample(samples, 100)) == 30
