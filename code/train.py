@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifier import checkpoints, export, models, optimization, sagemaker_env
+from classifier import checkpoints, export, models, optimization, quantize, sagemaker_env
 from classifier.artifact import LIVE_EVIDENCE_DIR, RESOURCE_USAGE_FILE
 from classifier.checkpoints import StopSignal
 from classifier.data import ImageFolderSplits, build_loaders, load_splits
@@ -261,8 +261,10 @@ def export_best_weights(
         num_classes=num_classes,
         bad_images=data.bad_image_counts(),
     )
+    quantization = quantize.quantization_data(data.splits, args.calibration_images, args.seed)
     export.write_artifact(
-        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR
+        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR,
+        quantization if args.quantize else None,
     )
 
 

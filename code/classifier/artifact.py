@@ -13,6 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_FILE = "model.pt2"  # torch.export program: loads with torch alone, dynamic batch size
+# The same weights for OpenVINO (classifier.quantize): IR files (.xml graph, .bin weights beside it),
+# dynamic batch size, normalised CHW float32 input like MODEL_FILE. Absent from older artifacts.
+OPENVINO_FP32_FILE = "openvino/model-fp32.xml"
+OPENVINO_INT8_FILE = "openvino/model-int8.xml"  # post-training int8 (NNCF), calibrated on train images
 CLASSES_FILE = "classes.json"  # ordered class names: index i is the model's output i
 PREPROCESS_FILE = "preprocess.json"  # classifier.preprocessing.PreprocessConfig
 METRICS_FILE = "metrics.json"  # per-epoch and test metrics, hyperparameters
@@ -34,11 +38,17 @@ SERVING_CODE_FILES = (
     "inference.py",
     "classifier/__init__.py",
     "classifier/artifact.py",
+    "classifier/engines.py",
     "classifier/preprocessing.py",
     "classifier/protocol.py",
 )
 
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, PREPROCESS_FILE, METRICS_FILE, f"{CODE_DIR}/inference.py")
+
+
+def weights_file(graph_file: str) -> str:
+    """The ``.bin`` weights beside an OpenVINO ``.xml`` graph."""
+    return str(Path(graph_file).with_suffix(".bin"))
 
 
 def missing_files(model_dir: str | Path) -> list[str]:

@@ -100,7 +100,7 @@ def test_accuracy_is_clearly_above_chance(metrics_json):
 
 def test_metrics_json_follows_the_contract(metrics_json):
     assert set(metrics_json) == {
-        "hyperparameters", "epochs", "best_epoch", "test", "num_classes", "bad_images",
+        "hyperparameters", "epochs", "best_epoch", "test", "num_classes", "bad_images", "quantization",
     }
     assert metrics_json["num_classes"] == 3
     assert metrics_json["bad_images"] == {"train": 0, "valid": 0, "test": 0}
