@@ -36,7 +36,11 @@ def record_failure(reason: str) -> None:
     """Called by a worker whose model failed to load."""
     folder = _state_dir()
     if folder is not None:
-        (folder / FAILURE_FILE).write_text(reason.strip() + "\n")
+        # Atomically: every restarted worker writes it again, and /ping must never read it half-written
+        # (an empty file read as "no failure" turned an Unhealthy server into "Loading").
+        partial = folder / f".{FAILURE_FILE}.{os.getpid()}"
+        partial.write_text(reason.strip() + "\n")
+        os.replace(partial, folder / FAILURE_FILE)
 
 
 def _alive(pid: int) -> bool:
