@@ -44,10 +44,11 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.leftovers: list[psutil.Process] = []
-        environ = {**os.environ, "SERVE_BIND_HOST": "127.0.0.1", **(env or {})}
-        if via_make:
+        environ = {**os.environ, **(env or {})}
+        if via_make:  # the target's own default address (127.0.0.1)
             command = ["make", "-s", "serve-local", f"MODEL={model_dir}", f"PORT={self.port}"]
         else:
+            environ.setdefault("SERVE_BIND_HOST", "127.0.0.1")
             environ["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
             command = [str(SERVE_PYTHON), str(CODE_DIR / "serve.py"), "serve", "--model-dir", str(model_dir)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
@@ -89,6 +90,16 @@ class LocalServer:
         """Waits for ``/ping`` 200; the seconds since the process started."""
         self.watch_ping(lambda status, body: status == 200, timeout)
         return time.monotonic() - self.started
+
+    def listening_addresses(self) -> set[str]:
+        """The local addresses the server's processes listen on at its port."""
+        pids = {process.pid for process in self.all_processes()}
+        return {
+            connection.laddr.ip
+            for connection in psutil.net_connections(kind="tcp")
+            if connection.status == psutil.CONN_LISTEN and connection.pid in pids
+            and connection.laddr.port == self.port
+        }
 
     def all_processes(self) -> list[psutil.Process]:
         """Every process of the server: its own, and those of the sessions they lead.

@@ -148,6 +148,22 @@ def test_training_mounts_follow_the_sagemaker_layout_with_channels_mounted_read_
     assert command[-2:] == ["img:1", "train"]
     assert command[command.index("--gpus") + 1] == "all"
     assert command[command.index("--network") + 1] == "host"
+    assert "--user" not in command  # root (SageMaker's user) when the caller is root
+
+
+def test_the_training_container_runs_as_the_calling_user_with_a_writable_home(tmp_path):
+    command = local_mode.train_command("img:1", "job", tmp_path / "out", {}, owner=(1000, 1001))
+    assert command[command.index("--user") + 1] == "1000:1001"
+    assert f"HOME={local_mode.CONTAINER_HOME}" in command
+    assert command.index("--user") < command.index("img:1")
+
+
+def test_the_caller_is_the_user_behind_sudo(monkeypatch):
+    sudo = {"SUDO_UID": "1000", "SUDO_GID": "1001"}
+    monkeypatch.setattr(local_mode.os, "geteuid", lambda: 0)
+    assert local_mode.caller_ids(sudo) == (1000, 1001)
+    monkeypatch.setattr(local_mode.os, "geteuid", lambda: 1000)  # not root: SUDO_* means nothing
+    assert local_mode.caller_ids(sudo) == (local_mode.os.getuid(), local_mode.os.getgid())
 
 
 def test_serve_command_binds_the_port_and_mounts_the_model_read_only(tmp_path):
@@ -157,6 +173,9 @@ def test_serve_command_binds_the_port_and_mounts_the_model_read_only(tmp_path):
     assert f"{tmp_path}:/opt/ml/model:ro" in command
     assert "SAGEMAKER_BIND_TO_PORT=8123" in command
     assert "SAGEMAKER_MODEL_SERVER_WORKERS=1" in command
+    assert "SERVE_BIND_HOST=127.0.0.1" in command  # host networking: loopback keeps it local
+    exposed = local_mode.serve_command("img:1", "srv", tmp_path, 8123, bind_host="0.0.0.0")
+    assert "SERVE_BIND_HOST=0.0.0.0" in exposed
 
 
 def test_pack_model_packs_contents_at_the_archive_root_and_unpacks_back(tmp_path):

@@ -13,6 +13,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from classifier import artifact, protocol
@@ -35,6 +36,8 @@ SERVE_ENVIRONMENT = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
 # Docker's default grace between SIGTERM and SIGKILL on `docker stop`; a SIGKILLed container exits 137.
 STOP_GRACE_S = 10
 SIGKILLED = 137
+# The training run below acts for this (non-root) user, as `sudo make local-train` would for its caller.
+CALLER = (4321, 4322)
 
 
 def output_tail(result) -> str:
@@ -54,10 +57,11 @@ def post(port: int, body: bytes, content_type: str | None) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def container_training(engine, built_images, sample_dataset, tmp_path_factory):
-    """One real training run in the training container: ``(CompletedProcess, OUT folder)``."""
+    """One real training run in the training container, as the user ``CALLER``: (CompletedProcess, OUT)."""
     out = tmp_path_factory.mktemp("opt_ml")
+    sample_dataset.chmod(0o755)  # pytest makes it 0700 (root's); the caller's own data is theirs to read
     result = local_mode.train_in_container(
-        engine, sample_dataset, out, TINY_TRAINING, image=built_images["train"], capture=True
+        engine, sample_dataset, out, TINY_TRAINING, image=built_images["train"], capture=True, owner=CALLER
     )
     return result, out
 
@@ -74,7 +78,17 @@ def test_training_container_packs_the_artifact_and_reports_success(container_tra
     assert {f"{artifact.CODE_DIR}/{name}" for name in artifact.SERVING_CODE_FILES} <= members
     assert classes == [folder.split(".", 1)[1] for folder in class_folder_names(NUM_CLASSES)]
     assert (out / "output" / "tensors").is_dir()  # the smdebug hook's local output
-    assert (out / "checkpoints").iterdir()
+    assert (out / "checkpoints" / "checkpoint.pt").is_file()
+
+
+def test_what_the_training_container_writes_belongs_to_the_caller_not_root(container_training):
+    result, out = container_training
+    assert result.returncode == 0, output_tail(result)
+    written = [out / local_mode.MODEL_TAR, *(out / "model").rglob("*"), *(out / "output").rglob("*"),
+               *(out / "checkpoints").rglob("*")]
+    assert len(written) > 10
+    not_the_callers = [str(path) for path in written if (path.stat().st_uid, path.stat().st_gid) != CALLER]
+    assert not_the_callers == []
 
 
 def test_training_container_reads_channels_mounted_where_sagemaker_puts_them(
@@ -190,6 +204,15 @@ def test_serving_container_refuses_bad_input_and_keeps_serving(
 
     status, answer = post(port, sample_jpeg(sample_dataset), "image/jpeg")
     assert status == 200, answer
+
+
+def test_serving_container_listens_on_this_machine_only(serving):
+    _, port = serving
+    listening = {
+        connection.laddr.ip for connection in psutil.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
+    assert listening == {"127.0.0.1"}
 
 
 def test_serving_container_runs_as_non_root(engine, serving):

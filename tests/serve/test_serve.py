@@ -86,6 +86,10 @@ def test_ping_is_503_while_loading_then_200_once_a_worker_is_warm(server):
     assert server.ping()[0] == 200
 
 
+def test_make_serve_local_listens_on_this_machine_only(server):
+    assert server.listening_addresses() == {"127.0.0.1"}
+
+
 def test_execution_parameters_and_unknown_paths(server):
     parameters = server.session.get(f"{server.url}/execution-parameters", timeout=5).json()
     assert parameters == {"MaxConcurrentTransforms": 2, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 6}
