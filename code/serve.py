@@ -6,7 +6,8 @@ Starts the model server (multi-model-server through sagemaker-inference, with ou
 and the artifact's ``inference.py``) on private loopback ports, and the gateway SageMaker talks to
 on ``SAGEMAKER_BIND_TO_PORT`` (8080): ``/ping`` is 200 only once a worker has loaded the model and
 passed its warm-up; ``/invocations`` goes to the model server. SIGTERM (or Ctrl-C) stops both and
-exits 0; if the model server dies on its own the exit status is 1. Settings: ``serving/settings.py``.
+exits 0; if the model server dies on its own, or loses the process that starts its workers (it could
+never replace a worker again), the exit status is 1. Settings: ``serving/settings.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pathlib import Path
 import psutil
 
 from classifier import sagemaker_env
-from serving import model_server
-from serving.gateway import Gateway, Upstream
+from serving import model_server, worker_state
+from serving.gateway import ClientLimits, Gateway, Upstream
 from serving.settings import ServeSettings, available_cpus
 
 logger = logging.getLogger("serve")
@@ -39,6 +40,7 @@ STOP_GRACE_SECONDS = 20.0
 MODEL_SERVER_PORTS = (20000, 32767)  # where the model server's private ports are picked
 # The gateway waits this much longer than a worker may take before it gives up on an answer.
 UPSTREAM_TIMEOUT_MARGIN_SECONDS = 5
+WATCH_INTERVAL_SECONDS = 1.0
 
 
 def free_loopback_ports(count: int) -> list[int]:
@@ -101,9 +103,14 @@ def serve(settings: ServeSettings) -> int:
         state_dir=model_server.state_dir(run_dir),
         is_running=lambda: launcher is not None and launcher.poll() is None,
     )
+    limits = ClientLimits(
+        idle_timeout=settings.idle_timeout_seconds,
+        read_timeout=settings.request_read_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
     try:
         gateway = Gateway((settings.bind_host, settings.port), upstream, settings.max_payload_bytes,
-                          settings.workers)
+                          settings.workers, limits)
     except OSError as error:
         logger.error("cannot listen on %s:%d: %s", settings.bind_host, settings.port, error)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -132,8 +139,18 @@ def serve(settings: ServeSettings) -> int:
             exit_code = 1
             stop.set()
 
+    def watch_worker_parent() -> None:
+        nonlocal exit_code
+        while not stop.wait(WATCH_INTERVAL_SECONDS):
+            lost = worker_state.lost_worker_parent(upstream.state_dir)
+            if lost:
+                logger.error("%s: stopping", lost)
+                exit_code = 1
+                stop.set()
+
     threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True).start()
     threading.Thread(target=watch_model_server, name="watch-model-server", daemon=True).start()
+    threading.Thread(target=watch_worker_parent, name="watch-worker-parent", daemon=True).start()
     logger.info(
         "serving %s on http://%s:%d: %d worker(s) x %d torch thread(s), timeout %d s, payload limit %d MB",
         settings.model_dir, settings.bind_host, settings.port, settings.workers, settings.torch_threads,
