@@ -6,7 +6,9 @@
    another, against the bare decode + preprocessing + forward in one process with the same torch
    threads (``bare``, run in ``.venv/serve``): p50 and p99, and their ratio;
 2. throughput with 1..N workers (N = cores), ``2 x workers`` clients in parallel;
-3. time from the process start to the first healthy ``/ping``.
+3. time from the process start to the first healthy ``/ping``;
+4. the soak (``scripts.bench.soak``): memory per process and what an ml.t3.medium needs, mixed good
+   and bad requests from 16 threads with a slow and an idle client, a worker killed under load.
 
 Without ``MODEL`` the artifact is the production shape: a ResNet50 with 133 classes at 224 px
 (random weights: speed does not depend on them).
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from scripts import REPO_ROOT
+from scripts.bench import soak
 from scripts.datasets.sample import make_image
 from scripts.local.server import SERVE_PYTHON, LocalServer
 
@@ -228,7 +231,7 @@ def machine() -> str:
     return f"{cpu}, {platform.system()} {platform.machine()}"
 
 
-def report(results: dict, model: str, size: tuple[int, int]) -> str:
+def report(results: dict, model: str, size: tuple[int, int], soak_results: dict | None = None) -> str:
     served, bare_run = results["served"], results["bare"]
     rows = {
         "p50": (percentile(served, 50), percentile(bare_run, 50)),
@@ -241,6 +244,10 @@ def report(results: dict, model: str, size: tuple[int, int]) -> str:
         f"`make bench-serve`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {results['cores']} cores "
         f"({machine()}). Model: {model}. Request: one {size[0]}x{size[1]} JPEG "
         f"({len(benchmark_jpeg()) // 1024} KB), `Content-Type: image/jpeg`, JSON top 5 back.",
+        "",
+        f"**Verdict:** served p50 {rows['p50'][0] / rows['p50'][1]:.2f}x the bare decode + forward (target "
+        f"<= 1.25x: {'met' if rows['p50'][0] / rows['p50'][1] <= 1.25 else 'MISSED'})"
+        + (f"; {soak.verdict(soak_results)}." if soak_results is not None else "."),
         "",
         f"## Latency: served end to end vs bare in-process ({len(served)} requests, one at a time)",
         "",
@@ -283,8 +290,10 @@ def report(results: dict, model: str, size: tuple[int, int]) -> str:
     ]
     for workers, seconds in results["startup_s"].items():
         lines.append(f"| {workers} | {seconds:.1f} |")
+    lines.append("")
+    if soak_results is not None:
+        lines += soak.report_lines(soak_results)
     lines += [
-        "",
         "The machine is shared: other jobs may have run at the same time; compare runs on the same "
         "machine only.",
         "",
@@ -301,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--model-dir", type=Path, help="an artifact to serve (default: a ResNet50 is built)")
     bench.add_argument("--report", type=Path, default=REPORT)
     bench.add_argument("--cores", type=int, default=None, help="N for 1..N workers (default: all cores)")
+    bench.add_argument("--skip-soak", action="store_true", help="leave out the load-and-faults soak")
     bare_parser = commands.add_parser("bare", help="(internal) the in-process measurement, in .venv/serve")
     bare_parser.add_argument("model_dir", type=Path)
     bare_parser.add_argument("jpeg", type=Path)
@@ -322,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
             model_dir = build_artifact(work / "model")
             model = "ResNet50, 133 classes, 224x224 input (torch.export, random weights)"
         results = run(model_dir, work, cores)
+        soak_results = None if args.skip_soak else soak.run_soak(model_dir, work, benchmark_jpeg())
     size = Image.open(io.BytesIO(benchmark_jpeg())).size
-    text = report(results, model, size)
+    text = report(results, model, size, soak_results)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)
     print(text)
