@@ -17,6 +17,7 @@ Without ``MODEL`` the artifact is the production shape: a ResNet50 with 133 clas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import os
@@ -135,16 +136,19 @@ def served_throughput(port: int, body: bytes, clients: int, total: int) -> float
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        post(connection, body)  # warm the connection before the clock matters
-        barrier.wait()
         try:
+            post(connection, body)  # warm the connection before the clock matters
+            barrier.wait()
             while True:
                 with lock:
                     if next(remaining, None) is None:
                         return
                 post(connection, body)
+        except threading.BrokenBarrierError:
+            return  # another client failed before the start: reported by it
         except Exception as error:  # reported after the run
             errors.append(error)
+            barrier.abort()  # nobody waits for a client that will never come
         finally:
             connection.close()
 
@@ -152,7 +156,8 @@ def served_throughput(port: int, body: bytes, clients: int, total: int) -> float
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
