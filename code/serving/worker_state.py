@@ -39,10 +39,13 @@ def _identity(pid: int) -> dict[str, float] | None:
         return None
 
 
-def _write(path: Path, document: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document))
-    os.replace(partial, path)  # the gateway never reads half a file
+def _write(path: Path, text: str) -> None:
+    """Writes ``path`` atomically: the gateway never reads half a file (an empty failure file would
+    read as "no failure", and an Unhealthy server as "Loading"). Workers write the same files at
+    once (each restarted worker records the failure again), so each writes its own partial file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def record_worker_parent() -> None:
@@ -50,7 +53,7 @@ def record_worker_parent() -> None:
     folder = _state_dir()
     parent = _identity(os.getppid())
     if folder is not None and parent is not None:
-        _write(folder / WORKER_PARENT_FILE, parent)
+        _write(folder / WORKER_PARENT_FILE, json.dumps(parent))
 
 
 def mark_ready() -> None:
@@ -58,14 +61,15 @@ def mark_ready() -> None:
     folder = _state_dir()
     me = _identity(os.getpid())
     if folder is not None and me is not None:
-        _write(folder / f"{READY_PREFIX}{os.getpid()}", me)
+        _write(folder / f"{READY_PREFIX}{os.getpid()}", json.dumps(me))
 
 
 def record_failure(reason: str) -> None:
-    """Called by a worker whose model failed to load."""
+    """Called by a worker whose model failed to load. The file stays: MMS restarts the worker, and
+    ``/ping`` says Unhealthy with this reason until a worker proves ready."""
     folder = _state_dir()
     if folder is not None:
-        (folder / FAILURE_FILE).write_text(reason.strip() + "\n")
+        _write(folder / FAILURE_FILE, reason.strip() + "\n")
 
 
 def _alive(identity: dict) -> bool:
@@ -89,8 +93,6 @@ def ready_workers(state_dir: Path) -> list[int]:
     """The process ids of the live workers that hold a warmed-up model."""
     ready = []
     for path in Path(state_dir).glob(f"{READY_PREFIX}*"):
-        if path.name.endswith(".partial"):
-            continue
         identity = _read(path)
         if identity is not None and _alive(identity):
             ready.append(int(identity["pid"]))

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier import metrics
 from classifier.dataset import COMBINED_CHANNEL
 from classifier.hyperparameters import as_sagemaker_strings, build_parser, parse_name_value_pairs
 from scripts.aws.settings import AwsContext, LaunchError
@@ -36,12 +37,36 @@ class JobResources:
         if self.spot and self.max_wait_seconds is not None and self.max_wait_seconds < self.max_run_seconds:
             raise LaunchError("the spot wait limit must be at least the run limit (--max-wait-hours)")
 
+    def resource_config(self) -> dict:
+        """The API's ResourceConfig."""
+        return {"InstanceType": self.instance_type, "InstanceCount": self.instance_count,
+                "VolumeSizeInGB": self.volume_gb}
+
     def stopping_condition(self) -> dict[str, int]:
         """The API's StoppingCondition; spot jobs wait up to twice their run time unless told."""
         condition = {"MaxRuntimeInSeconds": self.max_run_seconds}
         if self.spot:
             condition["MaxWaitTimeInSeconds"] = self.max_wait_seconds or 2 * self.max_run_seconds
         return condition
+
+
+def algorithm_specification(image_uri: str) -> dict:
+    """Our image, in File mode, with the regexes SageMaker reads the trainer's metric lines with."""
+    return {
+        "TrainingImage": image_uri,
+        "TrainingInputMode": "File",
+        "MetricDefinitions": [dict(definition) for definition in metrics.METRIC_DEFINITIONS],
+    }
+
+
+def input_data_config(data_uri: str) -> list[dict]:
+    """The one data channel: the dataset's S3 prefix, copied whole to every instance."""
+    return [{
+        "ChannelName": CHANNEL,
+        "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": "FullyReplicated",
+        }},
+    }]
 
 
 def resources_from_args(args: argparse.Namespace) -> JobResources:

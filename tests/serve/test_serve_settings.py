@@ -219,3 +219,25 @@ def test_connections_beyond_the_limit_get_an_immediate_json_503(tmp_path):
             sock.close()
         gateway.shutdown()
         gateway.server_close()
+
+
+def test_a_failure_rewritten_by_restarted_workers_never_reads_as_loading(tmp_path, monkeypatch):
+    monkeypatch.setenv(worker_state.STATE_DIR_ENV, str(tmp_path))
+    upstream = Upstream(inference_port=1, timeout_seconds=1, state_dir=tmp_path, is_running=lambda: True)
+    worker_state.record_failure("model failed to load: boom")
+    rewriting = threading.Event()
+    rewriting.set()
+
+    def restarted_workers() -> None:  # MMS restarts each dying worker, which records the reason again
+        while rewriting.is_set():
+            worker_state.record_failure("model failed to load: boom")
+
+    writer = threading.Thread(target=restarted_workers)
+    writer.start()
+    try:
+        verdicts = {health(upstream)[1]["status"] for _ in range(3000)}
+    finally:
+        rewriting.clear()
+        writer.join()
+    assert verdicts == {"Unhealthy"}
+    assert [path.name for path in tmp_path.iterdir()] == [worker_state.FAILURE_FILE]
