@@ -201,18 +201,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model artifact (default: $SAGEMAKER_BASE_DIR/model, else /opt/ml/model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = ServeSettings.from_environ(os.environ, args.model_dir, available_cpus())
+    engine = choose_engine(args.model_dir, dict(os.environ))
+    if engine is None:
+        return 2
+    try:  # the engine first: the default worker count depends on its memory
+        settings = ServeSettings.from_environ(os.environ, args.model_dir, available_cpus(), engine=engine)
     except ValueError as error:
         logger.error("%s", error)
         return 2
     cpus = available_cpus()
     if settings.workers * settings.torch_threads > cpus:
-        logger.warning("%d workers x %d torch threads exceed the %d cores", settings.workers,
+        logger.warning("%d workers x %d threads exceed the %d cores", settings.workers,
                        settings.torch_threads, cpus)
-    engine = choose_engine(settings.model_dir, dict(os.environ))
-    if engine is None:
-        return 2
     return serve(settings, engine)
 
 

@@ -5,7 +5,7 @@
 | ``SAGEMAKER_BIND_TO_PORT`` | 8080 | the port SageMaker sends ``/ping`` and ``/invocations`` to |
 | ``SERVE_BIND_HOST`` | 0.0.0.0 | the address to listen on (``make serve-local``: 127.0.0.1) |
 | ``SAGEMAKER_MODEL_SERVER_WORKERS`` | cores // 2, within memory (at least 1) | workers (processes) |
-| ``SERVE_WORKER_MEMORY_MB`` | 1100 | the memory one worker may take (its own model copy) |
+| ``SERVE_WORKER_MEMORY_MB`` | the engine's | the memory one worker may take (its own model copy) |
 | ``SERVE_TORCH_THREADS`` | cores // workers (at least 1) | threads in each worker (torch or OpenVINO) |
 | ``SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS`` | 60 | a request's time limit in a worker |
 | ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` | | the same in minutes, as sagemaker-inference reads it |
@@ -17,7 +17,8 @@
 
 Workers x threads stays within the cores unless you ask for more workers than cores, and the
 default worker count within the memory (the container's limit, else the machine's) at
-``SERVE_WORKER_MEMORY_MB`` each, next to ``RESERVED_MEMORY_MB`` for the rest of the stack.
+``SERVE_WORKER_MEMORY_MB`` each (by default the served engine's ``WORKER_MEMORY_MB``), next to
+``RESERVED_MEMORY_MB`` for the rest of the stack.
 The request limits of the model itself (pixels, batch size) are read by ``inference.py``.
 """
 
@@ -28,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier import engines
+
 DEFAULT_PORT = 8080
 DEFAULT_BIND_HOST = "0.0.0.0"
 DEFAULT_TIMEOUT_SECONDS = 60
@@ -36,12 +39,15 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS = 600
 DEFAULT_IDLE_TIMEOUT_SECONDS = 60
 DEFAULT_REQUEST_READ_TIMEOUT_SECONDS = 30
 DEFAULT_MAX_CONNECTIONS = 256
-# One worker's resident memory with the torch engine: a ResNet50 (133 classes, 224 px) measured at
-# 470 MB after its warm-up and 1010 MB after batches of SERVE_MAX_BATCH_IMAGES (32) 500x375 JPEGs
-# (scripts/bench/serve.py, benchmarks/serve.md), plus a margin. Another engine or model changes it.
-DEFAULT_WORKER_MEMORY_MB = 1100
-# The rest of the stack: MMS's Java frontend (about 160 MB under load), the gateway, the launcher,
-# MMS's worker parent (together about 100 MB), and room for the system.
+# One worker's resident memory by engine (SERVE_ENGINE): its peak RSS serving a ResNet50 (133
+# classes, 224 px) after batches of SERVE_MAX_BATCH_IMAGES (32) 500x375 JPEGs, measured by the soak
+# of `make bench-serve` (scripts/bench/soak.py, benchmarks/serve.md), plus a margin. Measured:
+# torch 706-1010 MB, OpenVINO fp32 519 MB, OpenVINO int8 260 MB. Another model changes them.
+WORKER_MEMORY_MB = {engines.TORCH: 1100, engines.FP32: 700, engines.INT8: 400}
+# The budget when the engine is not known: the largest.
+DEFAULT_WORKER_MEMORY_MB = max(WORKER_MEMORY_MB.values())
+# The rest of the stack: MMS's Java frontend (about 180 MB under load), the gateway, the launcher,
+# MMS's worker parent (together about 110 MB), and room for the system.
 RESERVED_MEMORY_MB = 600
 MB = 1024 * 1024
 
@@ -62,13 +68,17 @@ class ServeSettings:
 
     @classmethod
     def from_environ(
-        cls, environ: Mapping[str, str], model_dir: Path, cpu_count: int, memory_mb: int | None = None
+        cls, environ: Mapping[str, str], model_dir: Path, cpu_count: int, memory_mb: int | None = None,
+        engine: str | None = None,
     ) -> ServeSettings:
         """Reads the variables above; a bad value raises ValueError naming the variable.
 
-        ``memory_mb``: the memory the server may use (default: :func:`available_memory_mb`).
+        ``memory_mb``: the memory the server may use (default: :func:`available_memory_mb`);
+        ``engine``: the engine the workers load (``classifier.engines``), whose memory budgets them.
         """
-        worker_memory_mb = _positive_int(environ, "SERVE_WORKER_MEMORY_MB", DEFAULT_WORKER_MEMORY_MB)
+        worker_memory_mb = _positive_int(
+            environ, "SERVE_WORKER_MEMORY_MB", WORKER_MEMORY_MB.get(engine or "", DEFAULT_WORKER_MEMORY_MB)
+        )
         if memory_mb is None:
             memory_mb = available_memory_mb()
         workers = _positive_int(

@@ -38,10 +38,27 @@ def test_defaults_fit_the_cores(cores, workers, threads):
     assert chosen.workers * chosen.torch_threads <= cores
 
 
-def test_the_default_workers_fit_an_ml_t3_medium_with_their_measured_memory():
-    chosen = settings(cores=T3_MEDIUM["cores"], memory_mb=T3_MEDIUM["memory_mb"])
-    used = chosen.workers * serve_settings.DEFAULT_WORKER_MEMORY_MB + serve_settings.RESERVED_MEMORY_MB
+@pytest.mark.parametrize("engine", [None, *serve_settings.WORKER_MEMORY_MB])
+def test_the_default_workers_fit_an_ml_t3_medium_with_their_engines_measured_memory(engine):
+    chosen = ServeSettings.from_environ({}, Path("/opt/ml/model"), T3_MEDIUM["cores"], T3_MEDIUM["memory_mb"],
+                                        engine=engine)
+    budget = serve_settings.WORKER_MEMORY_MB.get(engine, serve_settings.DEFAULT_WORKER_MEMORY_MB)
+    used = chosen.workers * budget + serve_settings.RESERVED_MEMORY_MB
     assert chosen.workers >= 1 and used <= T3_MEDIUM["memory_mb"]
+
+
+def test_the_served_engines_memory_budgets_the_default_workers():
+    for engine, budget in serve_settings.WORKER_MEMORY_MB.items():
+        room_for_three = serve_settings.RESERVED_MEMORY_MB + 3 * budget
+        chosen = ServeSettings.from_environ({}, Path("/m"), 16, room_for_three, engine=engine)
+        assert chosen.workers == 3, engine
+        overridden = ServeSettings.from_environ({"SERVE_WORKER_MEMORY_MB": str(budget // 2)}, Path("/m"), 16,
+                                                room_for_three, engine=engine)
+        assert overridden.workers >= 6, engine
+    # An engine not known yet gets the largest budget.
+    assert max(serve_settings.WORKER_MEMORY_MB.values()) == serve_settings.DEFAULT_WORKER_MEMORY_MB
+    unknown = serve_settings.RESERVED_MEMORY_MB + 3 * serve_settings.DEFAULT_WORKER_MEMORY_MB
+    assert ServeSettings.from_environ({}, Path("/m"), 16, unknown).workers == 3
 
 
 @pytest.mark.parametrize("cores, memory_mb, workers", [
