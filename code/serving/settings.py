@@ -42,7 +42,7 @@ DEFAULT_MAX_CONNECTIONS = 256
 # One worker's resident memory by engine (SERVE_ENGINE): its peak RSS serving a ResNet50 (133
 # classes, 224 px) after batches of SERVE_MAX_BATCH_IMAGES (32) 500x375 JPEGs, measured by the soak
 # of `make bench-serve` (scripts/bench/soak.py, benchmarks/serve.md), plus a margin. Measured:
-# torch 706-1010 MB, OpenVINO fp32 519 MB, OpenVINO int8 260 MB. Another model changes them.
+# torch 683-1010 MB, OpenVINO fp32 518 MB, OpenVINO int8 260 MB. Another model changes them.
 WORKER_MEMORY_MB = {engines.TORCH: 1100, engines.FP32: 700, engines.INT8: 400}
 # The budget when the engine is not known: the largest.
 DEFAULT_WORKER_MEMORY_MB = max(WORKER_MEMORY_MB.values())
