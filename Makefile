@@ -131,10 +131,13 @@ lint: $(DEV_ENV) ## ruff
 bench: bench-train bench-serve bench-engines ## every benchmark: results in benchmarks/*.md (summarised in the README)
 
 # ---------------------------------------------------------------- serving
+# Local servers listen on this machine only; BIND_HOST=0.0.0.0 exposes them to the network.
+BIND_HOST ?= 127.0.0.1
+
 .PHONY: serve-local
-serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model server: MODEL=<folder> [PORT=8080]
-	@test -d "$(MODEL)" || { echo "usage: make serve-local MODEL=<artifact folder (model.pt2, classes.json, ...)> [PORT=8080]" >&2; exit 2; }
-	SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} \
+serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model server: MODEL=<folder> [PORT=8080] [BIND_HOST=]
+	@test -d "$(MODEL)" || { echo "usage: make serve-local MODEL=<artifact folder (model.pt2, classes.json, ...)> [PORT=8080] [BIND_HOST=127.0.0.1]" >&2; exit 2; }
+	SAGEMAKER_BIND_TO_PORT=$(or $(PORT),8080) SERVE_BIND_HOST=$(BIND_HOST) \
 		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"
 
 .PHONY: bench-serve
@@ -223,9 +226,9 @@ local-train: ## train in the training container: make local-train DATA=<train/ v
 	$(PYTHON) -m scripts.containers.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: local-serve
-local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080
-	@test -n "$(MODEL)" || { echo "usage: make local-serve MODEL=<model.tar.gz or folder> [PORT=8080]"; exit 2; }
-	$(PYTHON) -m scripts.containers.local_mode serve --model "$(MODEL)" --port $(PORT)
+local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080 [BIND_HOST=]
+	@test -n "$(MODEL)" || { echo "usage: make local-serve MODEL=<model.tar.gz or folder> [PORT=8080] [BIND_HOST=127.0.0.1]"; exit 2; }
+	$(PYTHON) -m scripts.containers.local_mode serve --model "$(MODEL)" --port $(PORT) --bind-host "$(BIND_HOST)"
 
 .PHONY: demo
 demo: $(LAUNCH_ENV) ## end to end in containers: sample data (or DATA=dogImages), build, train, serve, predict top-5

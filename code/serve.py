@@ -6,9 +6,10 @@ Starts the model server (multi-model-server through sagemaker-inference, with ou
 and the artifact's ``inference.py``) on private loopback ports, and the gateway SageMaker talks to
 on ``SAGEMAKER_BIND_TO_PORT`` (8080): ``/ping`` is 200 only once a worker has loaded the model and
 passed its warm-up; ``/invocations`` goes to the model server. SIGTERM (or Ctrl-C) stops both and
-exits 0; if the model server dies on its own the exit status is 1. Settings: ``serving/settings.py``;
-the engine (``SERVE_ENGINE``: OpenVINO int8 or fp32, or torch) is chosen and logged once, here,
-and every worker loads that one (``classifier.engines``).
+exits 0; if the model server dies on its own, or loses the process that starts its workers (it could
+never replace a worker again), the exit status is 1. Settings: ``serving/settings.py``; the engine
+(``SERVE_ENGINE``: OpenVINO int8 or fp32, or torch) is chosen and logged once, here, and every
+worker loads that one (``classifier.engines``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from pathlib import Path
 import psutil
 
 from classifier import engines, sagemaker_env
-from serving import model_server
-from serving.gateway import Gateway, Upstream
+from serving import model_server, worker_state
+from serving.gateway import ClientLimits, Gateway, Upstream
 from serving.settings import ServeSettings, available_cpus
 
 logger = logging.getLogger("serve")
@@ -41,6 +42,7 @@ STOP_GRACE_SECONDS = 20.0
 MODEL_SERVER_PORTS = (20000, 32767)  # where the model server's private ports are picked
 # The gateway waits this much longer than a worker may take before it gives up on an answer.
 UPSTREAM_TIMEOUT_MARGIN_SECONDS = 5
+WATCH_INTERVAL_SECONDS = 1.0
 
 
 def free_loopback_ports(count: int) -> list[int]:
@@ -123,9 +125,14 @@ def serve(settings: ServeSettings, engine: str) -> int:
         state_dir=model_server.state_dir(run_dir),
         is_running=lambda: launcher is not None and launcher.poll() is None,
     )
+    limits = ClientLimits(
+        idle_timeout=settings.idle_timeout_seconds,
+        read_timeout=settings.request_read_timeout_seconds,
+        max_connections=settings.max_connections,
+    )
     try:
         gateway = Gateway((settings.bind_host, settings.port), upstream, settings.max_payload_bytes,
-                          settings.workers)
+                          settings.workers, limits)
     except OSError as error:
         logger.error("cannot listen on %s:%d: %s", settings.bind_host, settings.port, error)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -156,8 +163,18 @@ def serve(settings: ServeSettings, engine: str) -> int:
             exit_code = 1
             stop.set()
 
+    def watch_worker_parent() -> None:
+        nonlocal exit_code
+        while not stop.wait(WATCH_INTERVAL_SECONDS):
+            lost = worker_state.lost_worker_parent(upstream.state_dir)
+            if lost:
+                logger.error("%s: stopping", lost)
+                exit_code = 1
+                stop.set()
+
     threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True).start()
     threading.Thread(target=watch_model_server, name="watch-model-server", daemon=True).start()
+    threading.Thread(target=watch_worker_parent, name="watch-worker-parent", daemon=True).start()
     logger.info(
         "serving %s on http://%s:%d: %d worker(s) x %d thread(s), timeout %d s, payload limit %d MB",
         settings.model_dir, settings.bind_host, settings.port, settings.workers, settings.torch_threads,
@@ -184,18 +201,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model artifact (default: $SAGEMAKER_BASE_DIR/model, else /opt/ml/model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = ServeSettings.from_environ(os.environ, args.model_dir, available_cpus())
+    engine = choose_engine(args.model_dir, dict(os.environ))
+    if engine is None:
+        return 2
+    try:  # the engine first: the default worker count depends on its memory
+        settings = ServeSettings.from_environ(os.environ, args.model_dir, available_cpus(), engine=engine)
     except ValueError as error:
         logger.error("%s", error)
         return 2
     cpus = available_cpus()
     if settings.workers * settings.torch_threads > cpus:
-        logger.warning("%d workers x %d torch threads exceed the %d cores", settings.workers,
+        logger.warning("%d workers x %d threads exceed the %d cores", settings.workers,
                        settings.torch_threads, cpus)
-    engine = choose_engine(settings.model_dir, dict(os.environ))
-    if engine is None:
-        return 2
     return serve(settings, engine)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 # Tiny and quick on 2 CPU cores, yet it exercises the default recipe's moving parts:
@@ -35,3 +37,13 @@ RULE_COLLECTIONS = {
 
 def fail_with_log(message: str, log: str) -> None:
     pytest.fail(f"{message}\n---- training log (end) ----\n{log[-6000:]}", pytrace=False)
+
+
+class CodeOnLoad:
+    """A pickled object that runs a function when it is unpickled (here: makes the folder ``marker``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)

@@ -4,12 +4,18 @@ SageMaker syncs ``/opt/ml/checkpoints`` to S3 when the job has a CheckpointConfi
 it back into the next container, so a restarted job finds its checkpoint where it left it.
 One file holds everything to continue: model, optimizer, scheduler, scaler, epoch, best
 weights, the history so far and the random number generators' states.
+
+A checkpoint is data, never code: whoever can write to the job's checkpoint S3 prefix must not be
+able to run code in the training job. So it holds only tensors and plain values (the generators'
+states too) and is read with ``torch.load(weights_only=True)``; a file holding any other pickled
+object is refused with an error naming it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import signal
 from pathlib import Path
@@ -28,18 +34,32 @@ IDENTITY_KEYS = ("model_name", "class_folders")
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every random number generator the training draws from."""
+    """The state of every random number generator the training draws from, as tensors and plain values."""
+    python_version, python_keys, python_gauss = random.getstate()
+    numpy_algorithm, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": python_version, "keys": list(python_keys), "gauss_next": python_gauss},
+        "numpy": {
+            "algorithm": str(numpy_algorithm),
+            "keys": torch.from_numpy(np.asarray(numpy_keys, dtype=np.int64)),
+            "pos": int(numpy_pos),
+            "has_gauss": int(numpy_has_gauss),
+            "cached_gaussian": float(numpy_gauss),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Puts back the generators' states saved by :func:`rng_state`."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["keys"]), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state((
+        numpy["algorithm"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+        numpy["cached_gaussian"],
+    ))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -61,10 +81,18 @@ def load_checkpoint(directory: Path, identity: dict[str, Any]) -> dict[str, Any]
     if not path.is_file():
         return None
     try:
-        # Not weights_only: the checkpoint holds RNG states (numpy arrays, tuples); it is our own file.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any object but tensors and plain values before it is built or run.
+        raise TrainingError(
+            f"refusing checkpoint {path}: it holds pickled objects other than tensors and plain "
+            f"values, which could run code when loaded{_refused_global(error)}; remove it if it is "
+            "not from this version of the trainer"
+        ) from error
     except Exception as error:
         raise TrainingError(f"cannot read checkpoint {path} ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict):
+        raise TrainingError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint")
     for key in IDENTITY_KEYS:
         if checkpoint.get(key) != identity[key]:
             raise TrainingError(
@@ -73,6 +101,12 @@ def load_checkpoint(directory: Path, identity: dict[str, Any]) -> dict[str, Any]
                 "remove it or use another checkpoint location"
             )
     return checkpoint
+
+
+def _refused_global(error: BaseException) -> str:
+    """The object torch's weights-only unpickler refused (its message names it), as " (...)"."""
+    named = [line.strip() for line in str(error).splitlines() if "global" in line.lower()]
+    return f" ({named[0]})" if named else ""
 
 
 def _brief(value: Any) -> str:

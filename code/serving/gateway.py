@@ -10,15 +10,24 @@ of it answers instead:
 - ``GET /execution-parameters``: what SageMaker batch transform asks of a container.
 
 Every error is JSON ``{"code", "type", "message"}``, as the model's and MMS's own errors are.
+
+Clients cannot hold it up: each connection has a thread of its own, and the whole body is read
+before MMS is asked, so a slow client holds only its own thread. A kept-alive connection that sends
+no request for ``idle_timeout`` seconds is closed; a request, once its first byte has come, must
+arrive whole within ``read_timeout`` seconds (408 otherwise, so a body trickling in a few bytes a
+second cannot keep a thread forever); beyond ``max_connections`` open connections, new ones get a
+503 at once (``ClientLimits``).
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -44,6 +53,62 @@ class PayloadTooLarge(Exception):
     pass
 
 
+class RequestTimeout(TimeoutError):
+    """The request did not arrive whole within the read timeout."""
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """How long and how many clients may hold the gateway (``serving.settings``)."""
+
+    idle_timeout: float = 60.0  # seconds a kept-alive connection may wait for its next request
+    read_timeout: float = 30.0  # seconds a request may take to arrive, from its first byte
+    max_connections: int = 256
+
+
+class RequestClock:
+    """The deadline of the request being read on one connection: none while the connection is idle."""
+
+    def __init__(self, limits: ClientLimits):
+        self.limits = limits
+        self.deadline: float | None = None
+
+    def between_requests(self) -> None:
+        self.deadline = None
+
+    def next_read_timeout(self) -> float:
+        """How long the next read may wait; raises RequestTimeout once the request is late."""
+        if self.deadline is None:
+            return self.limits.idle_timeout
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout(f"the request did not arrive within {self.limits.read_timeout:g} s")
+        return remaining
+
+    def data_arrived(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.limits.read_timeout
+
+
+class DeadlineSocketReader(io.RawIOBase):
+    """A socket's input whose every read waits no longer than the connection's clock allows."""
+
+    def __init__(self, sock: socket.socket, clock: RequestClock):
+        super().__init__()
+        self.sock = sock
+        self.clock = clock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.sock.settimeout(self.clock.next_read_timeout())
+        count = self.sock.recv_into(buffer)
+        if count:
+            self.clock.data_arrived()
+        return count
+
+
 @dataclass(frozen=True)
 class Upstream:
     """Where MMS listens, and what the gateway knows about it."""
@@ -58,6 +123,9 @@ def health(upstream: Upstream) -> tuple[HTTPStatus, dict]:
     """The answer to ``/ping``: 200 only with a worker ready to serve."""
     if not upstream.is_running():
         return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "Unhealthy", "reason": "the model server exited"}
+    lost = worker_state.lost_worker_parent(upstream.state_dir)
+    if lost:
+        return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "Unhealthy", "reason": lost}
     ready = worker_state.ready_workers(upstream.state_dir)
     if ready:
         return HTTPStatus.OK, {"status": "Healthy", "workers_ready": len(ready)}
@@ -82,12 +150,47 @@ class Gateway(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], upstream: Upstream, max_payload_bytes: int, workers: int):
+    def __init__(self, address: tuple[str, int], upstream: Upstream, max_payload_bytes: int, workers: int,
+                 limits: ClientLimits | None = None):
         self.upstream = upstream
         self.max_payload_bytes = max_payload_bytes
         self.workers = workers
+        self.limits = limits or ClientLimits()
         self._connections = threading.local()  # one kept-alive connection to MMS per thread
+        self._slots = threading.BoundedSemaphore(self.limits.max_connections)
         super().__init__(address, GatewayHandler)
+
+    def process_request(self, request: socket.socket, client_address) -> None:
+        """A thread for the connection, or an immediate 503 when ``max_connections`` are open."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        message = (f"the server already holds {self.limits.max_connections} connections "
+                   "(SERVE_MAX_CONNECTIONS); retry shortly")
+        body = error_body(HTTPStatus.SERVICE_UNAVAILABLE, message).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON}\r\nContent-Length: {len(body)}\r\n"
+                "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)  # the accepting thread never waits on a client
+            request.send(head + body)
+        except OSError:
+            pass
+        logger.warning("refused a connection: %d are open (SERVE_MAX_CONNECTIONS)",
+                       self.limits.max_connections)
+        self.shutdown_request(request)
 
     def upstream_connection(self, fresh: bool = False) -> http.client.HTTPConnection:
         connection = getattr(self._connections, "mms", None)
@@ -107,6 +210,17 @@ class GatewayHandler(BaseHTTPRequestHandler):
     # the client's delayed ACK of the headers (40 ms on Linux) on every response.
     disable_nagle_algorithm = True
     server: Gateway
+
+    def setup(self) -> None:
+        super().setup()
+        self.clock = RequestClock(self.server.limits)
+        self.rfile.close()  # the plain socket file the base class made (the socket stays open)
+        self.rfile = io.BufferedReader(DeadlineSocketReader(self.connection, self.clock))
+
+    def handle_one_request(self) -> None:
+        # An idle connection times out (TimeoutError, caught by the base class: the connection closes).
+        self.clock.between_requests()
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -129,6 +243,13 @@ class GatewayHandler(BaseHTTPRequestHandler):
             body = self._read_body()
         except PayloadTooLarge as error:
             self._send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
+            return
+        except TimeoutError:
+            self.close_connection = True
+            message = (f"the request body did not arrive within {self.server.limits.read_timeout:g} s "
+                       "(SERVE_REQUEST_READ_TIMEOUT_SECONDS)")
+            logger.info("slow client %s: %s", self.address_string(), message)
+            self._send_error(HTTPStatus.REQUEST_TIMEOUT, message)
             return
         except ValueError as error:
             self.close_connection = True
@@ -226,6 +347,7 @@ class GatewayHandler(BaseHTTPRequestHandler):
         self._send(status, error_body(status, message).encode(), JSON)
 
     def _send(self, status: int, body: bytes, content_type: str, reason: str | None = None) -> None:
+        self.connection.settimeout(self.server.limits.read_timeout)  # a client that does not read
         self.send_response(status, reason)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -66,6 +66,7 @@ def handle(data, context):
     """MMS's entry point: loads the model when ``data`` is None, else answers the requests."""
     if data is not None:
         return _service.handle(data, context)
+    worker_state.record_worker_parent()
     try:
         _service.initialize(context)
     except Exception as error:

@@ -6,15 +6,23 @@
 file, sockets and logs in a private run folder (so several servers can share a machine, and a
 non-root user needs no write access to ``/etc``), and its workers use ``torch_threads`` threads.
 The workers report their state in ``run_dir/state`` (``serving.worker_state``).
+
+sagemaker-inference finds "the" MMS process by scanning the machine for any MMS, and on SIGTERM
+stops what it found: with two servers on one machine (tests, a benchmark beside ``make
+serve-local``) one server's stop killed the other's MMS. Here it finds only the MMS started with
+this run's config file (:func:`own_model_server`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+
+import psutil
 
 from serving.settings import ServeSettings
 from serving.worker_state import STATE_DIR_ENV
@@ -73,6 +81,23 @@ def lay_out_run_dir(run_dir: Path, model_dir: Path) -> None:
         (run_dir / folder).mkdir()
 
 
+def own_model_server(namespace: str, config_file: str) -> psutil.Process:
+    """The MMS frontend (``namespace`` in its command line) started with ``config_file``: this server's."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = process.cmdline()
+        except psutil.Error:
+            continue
+        if namespace in command and any(config_file in part for part in command):
+            found.append(process)
+    if len(found) != 1:  # sagemaker-inference retries until the start timeout
+        raise RuntimeError(f"{len(found)} model servers run with {config_file}; expected one")
+    return found[0]
+
+
 def main() -> None:
     """Starts MMS with our handler service and waits for it (the child process of ``serve.py``)."""
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
@@ -80,6 +105,9 @@ def main() -> None:
 
     # start_model_server writes its config to /etc/sagemaker-mms.properties unless told otherwise.
     model_server.MMS_CONFIG_FILE = os.environ[CONFIG_FILE_ENV]
+    model_server._retrieve_mms_server_process = functools.partial(
+        own_model_server, model_server.MMS_NAMESPACE, model_server.MMS_CONFIG_FILE
+    )
     model_server.start_model_server(handler_service=HANDLER)
 
 

@@ -3,6 +3,10 @@
     python -m scripts.aws.upload_data --download             dogImages from the seeds' public URL
     python -m scripts.aws.upload_data --data path/to/folder  a local ImageFolder (or a .zip of one)
 
+The download is checked (its size, and its MD5 from S3's ETag or ``--sha256``) and resumes where
+an interrupted one stopped; a zip is unpacked atomically (``scripts.datasets.download``), so a
+half-done download or extraction is never taken for a finished one.
+
 The dataset is checked before anything is uploaded, by the rules the trainer applies
 (``classifier.dataset``): the three splits, the same class folders in each, images in every
 class. The upload is a sync: objects already in S3 with the same size and MD5 are skipped, so an
@@ -16,11 +20,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from classifier.dataset import (
     DatasetListing,
@@ -32,6 +34,7 @@ from classifier.dataset import (
 from classifier.errors import DatasetError
 from scripts.aws import settings
 from scripts.aws.settings import DEFAULT_DATASET, LaunchError
+from scripts.datasets.download import DownloadError, download, extract_zip
 
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 DEFAULT_WORK_DIR = Path("data")  # git-ignored
@@ -54,47 +57,6 @@ class DatasetSummary:
     def describe(self) -> str:
         counts = ", ".join(f"{split} {count}" for split, count in self.images.items())
         return f"{self.root}: {len(self.classes)} classes; images: {counts}"
-
-
-def download(url: str, target: Path) -> Path:
-    """Downloads ``url`` to ``target`` (through ``target.part``); an existing ``target`` is kept."""
-    target = Path(target)
-    if target.is_file():
-        print(f"using the already downloaded {target}", file=sys.stderr)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    print(f"downloading {url} to {target}", file=sys.stderr)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as output:
-            total, done, reported = int(response.headers.get("Content-Length") or 0), 0, 0
-            while block := response.read(1 << 20):
-                output.write(block)
-                done += len(block)
-                if done - reported >= 100 << 20:  # a line every 100 MB
-                    reported = done
-                    of_total = f" of {total >> 20} MB" if total else " MB"
-                    print(f"  {done >> 20}{of_total}", file=sys.stderr)
-    except OSError as error:
-        raise LaunchError(f"could not download {url}: {error}") from error
-    partial.replace(target)
-    return target
-
-
-def extract(archive: Path, destination: Path) -> Path:
-    """Unzips ``archive`` into ``destination`` (refusing paths that leave it); returns the dataset root."""
-    destination = Path(destination).resolve()
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = [m for m in zipped.infolist() if not m.filename.startswith("__MACOSX/")]
-            for member in members:
-                path = PurePosixPath(member.filename)
-                if path.is_absolute() or ".." in path.parts:
-                    raise LaunchError(f"{archive}: refusing the unsafe path {member.filename!r}")
-            zipped.extractall(destination, members)
-    except zipfile.BadZipFile as error:
-        raise LaunchError(f"{archive} is not a valid zip file: {error}") from error
-    return find_dataset_root(destination)
 
 
 def validate_image_folder(root: Path) -> DatasetSummary:
@@ -188,16 +150,17 @@ def sync(s3, files: dict[str, Path], s3_uri: str, workers: int = 8) -> SyncResul
     return SyncResult(uploaded=uploaded, skipped=skipped)
 
 
-def prepare_dataset(data: Path | None, download_url: str | None, work_dir: Path) -> DatasetSummary:
+def prepare_dataset(
+    data: Path | None, download_url: str | None, work_dir: Path, sha256: str | None = None
+) -> DatasetSummary:
     """Downloads and/or unzips as asked, then validates; returns the checked dataset."""
     if download_url:
-        data = download(download_url, Path(work_dir) / Path(download_url).name)
+        data = download(download_url, Path(work_dir) / Path(download_url).name, sha256=sha256)
     if data is None:
         raise LaunchError("give --download or --data PATH (an ImageFolder folder or a .zip of one)")
     data = Path(data)
     if data.is_file() and data.suffix == ".zip":
-        target = Path(work_dir) / data.stem
-        root = find_dataset_root(target) if target.is_dir() else extract(data, target)
+        root = find_dataset_root(extract_zip(data, Path(work_dir) / data.stem))
     else:
         root = find_dataset_root(data)
     return validate_image_folder(root)
@@ -211,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--download", action="store_true", help=f"download dogImages from {DOG_IMAGES_URL}")
     source.add_argument("--data", type=Path, help="a local ImageFolder folder, or a .zip holding one")
     parser.add_argument("--url", default=DOG_IMAGES_URL, help="the URL --download fetches")
+    parser.add_argument("--sha256", help="the download's SHA-256, checked before it is used "
+                                         "(without it: the MD5 in S3's ETag, when there is one)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                         help="where downloads are kept and zips unzipped")
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="the dataset's name in S3")
@@ -219,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         context = settings.connect(args, needs=("bucket",))
-        summary = prepare_dataset(args.data, args.url if args.download else None, args.work_dir)
+        summary = prepare_dataset(args.data, args.url if args.download else None, args.work_dir, args.sha256)
         print(summary.describe(), file=sys.stderr)
         if summary.other_files:
             print(f"skipping {len(summary.other_files)} files that are not images, e.g. "
@@ -231,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         result = sync(s3, local_files(summary), destination, workers=args.workers)
         print(f"uploaded {len(result.uploaded)}, skipped {len(result.skipped)} already there",
               file=sys.stderr)
-    except (*settings.USER_ERRORS, DatasetError) as error:
+    except (*settings.USER_ERRORS, DatasetError, DownloadError) as error:
         sys.exit(f"error: {error}")
     print(destination)
 

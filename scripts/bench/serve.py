@@ -14,7 +14,10 @@ accuracy allows it):
 4. the serving images (default and torch variant, built with BuildKit's cache): size, and the first
    healthy ``/ping`` after ``docker run`` (skipped without a Docker engine, or ``--no-containers``);
 5. int8 against fp32 test top-1 of a model trained on real images (``scripts.bench.int8_accuracy``:
-   the UCI digits, trained once and cached).
+   the UCI digits, trained once and cached);
+6. the soak (``scripts.bench.soak``, skipped with ``--no-soak``): memory per process and what an
+   ml.t3.medium needs, mixed good and bad requests from 16 threads with a slow and an idle client, a
+   worker killed under load.
 
 Without ``MODEL`` the served artifact is the production shape: a ResNet50 with 133 classes at 224 px
 (random weights: speed does not depend on them), written by the trainer's own exporter, its int8
@@ -24,6 +27,7 @@ model calibrated on generated images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -41,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from scripts import REPO_ROOT
+from scripts.bench import soak
 from scripts.datasets.sample import make_image
 from scripts.local.server import SERVE_PYTHON, LocalServer
 
@@ -167,16 +172,19 @@ def served_throughput(port: int, body: bytes, clients: int, total: int, path: st
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        post(connection, body, path)  # warm the connection before the clock matters
-        barrier.wait()
         try:
+            post(connection, body, path)  # warm the connection before the clock matters
+            barrier.wait()
             while True:
                 with lock:
                     if next(remaining, None) is None:
                         return
                 post(connection, body, path)
+        except threading.BrokenBarrierError:
+            return  # another client failed before the start: reported by it
         except Exception as error:  # reported after the run
             errors.append(error)
+            barrier.abort()  # nobody waits for a client that will never come
         finally:
             connection.close()
 
@@ -184,7 +192,8 @@ def served_throughput(port: int, body: bytes, clients: int, total: int, path: st
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
@@ -424,7 +433,8 @@ def pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
     return [(split[TORCH], split[DEFAULT]) for split in by_split.values() if len(split) == len(ENGINES)]
 
 
-def verdict(rows: list[dict], accuracy: dict | None, images: list[dict] | None) -> list[str]:
+def verdict(rows: list[dict], accuracy: dict | None, images: list[dict] | None,
+            soak_results: dict | None = None) -> list[str]:
     best_torch = max((t for t, _ in pairs(rows)), key=lambda row: row["requests_per_s"])
     best_default = max((d for _, d in pairs(rows)), key=lambda row: row["requests_per_s"])
     lines = []
@@ -460,11 +470,13 @@ def verdict(rows: list[dict], accuracy: dict | None, images: list[dict] | None) 
         f"thread(s)** for the default engine ({best_default['requests_per_s']:.1f} requests/s); the torch "
         f"engine is best at {best_torch['workers']} x {best_torch['threads']}."
     )
+    if soak_results is not None:
+        lines.append(f"- {soak.verdict(soak_results)}.")
     return lines
 
 
 def report(rows: list[dict], model: str, size: tuple[int, int], cores: int,
-           accuracy: dict | None, images: list[dict] | None) -> str:
+           accuracy: dict | None, images: list[dict] | None, soak_results: dict | None = None) -> str:
     lines = [
         "# Serving benchmark",
         "",
@@ -474,7 +486,7 @@ def report(rows: list[dict], model: str, size: tuple[int, int], cores: int,
         "",
         "## Verdict",
         "",
-        *verdict(rows, accuracy, images),
+        *verdict(rows, accuracy, images, soak_results),
         "",
         "## Engines side by side",
         "",
@@ -561,6 +573,8 @@ def report(rows: list[dict], model: str, size: tuple[int, int], cores: int,
             f"difference {accuracy['int8_max_probability_difference']:.3f}.",
             "",
         ]
+    if soak_results is not None:
+        lines += soak.report_lines(soak_results)
     lines += [
         "## Why OpenVINO",
         "",
@@ -589,6 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--no-containers", action="store_true", help="skip the serving images")
     bench.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy on the digits")
     bench.add_argument("--no-torchserve", action="store_true", help="skip TorchServe")
+    bench.add_argument("--no-soak", action="store_true", help="skip the load-and-faults soak")
     bench.add_argument("--requests", type=int, default=LATENCY_REQUESTS,
                        help="latency requests per server (fewer: a quick check of the benchmark itself)")
     bench.add_argument("--quiet-patience", type=float, default=QUIET_PATIENCE_S,
@@ -624,6 +639,7 @@ def main(argv: list[str] | None = None) -> None:
             model = ("ResNet50, 133 classes, 224x224 input (random weights; OpenVINO int8 calibrated on "
                      "generated images)")
         rows = run(model_dir, work, cores, torchserve=not args.no_torchserve)
+        soak_results = None if args.no_soak else soak.run_soak(model_dir, work, benchmark_jpeg())
         images = None
         if not args.no_containers:
             try:
@@ -633,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
             except (subprocess.CalledProcessError, TimeoutError, RuntimeError) as error:
                 print(f"serving images not measured: {error}", flush=True)
     size = Image.open(io.BytesIO(benchmark_jpeg())).size
-    text = report(rows, model, size, cores, accuracy, images)
+    text = report(rows, model, size, cores, accuracy, images, soak_results)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)
     print(text)

@@ -13,12 +13,15 @@ What a build takes from its environment, so that it works on a locked-down machi
 - ``PIP_CERT``: a CA bundle for pip (a TLS-inspecting proxy), passed as the BuildKit secret
   ``pip_cert``: it is mounted for the ``pip install`` step only and never stored in a layer.
 - ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (any case): passed on as Docker's predefined build args.
-- ``PIP_INDEX_URL`` (http/https only): a package index mirror instead of PyPI.
+- ``PIP_INDEX_URL`` (http/https only): a package index mirror instead of PyPI. A mirror's URL often
+  carries a token, so it is a BuildKit secret too (``pip_index_url``), never a build argument:
+  build arguments land in ``docker history`` and go wherever the image is pushed.
 - ``WHEELHOUSE``: folders holding wheels for an offline build (default: the host pip's
   ``find-links`` folders). Wheels found there that an image pins are linked into its
   ``docker/<image>/wheelhouse/``.
 - ``TORCH_CPU_INDEX``: where the serving image's torch variant gets its CPU torch (PyTorch's CPU
-  index); not used when the wheelhouse already holds the pinned wheel.
+  index); not used when the wheelhouse already holds the pinned wheel. A secret as well
+  (``torch_index_url``).
 
 Standard library only: ``make build`` needs no Python environment.
 """
@@ -26,14 +29,16 @@ Standard library only: ``make build`` needs no Python environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +52,8 @@ PLATFORM = "linux/amd64"
 DEFAULT_TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "FTP_PROXY")
 PIP_CERT_SECRET = "pip_cert"
+PIP_INDEX_SECRET = "pip_index_url"
+TORCH_INDEX_SECRET = "torch_index_url"
 TORCH_VARIANT = "torch"  # the serving image with torch (SERVE_ENGINE=torch, older artifacts)
 SERVE_VARIANTS = ("default", TORCH_VARIANT)
 
@@ -151,18 +158,20 @@ def build_args(
     pretrained_models: str = "",
     serve_variant: str = "",
 ) -> list[str]:
-    """The ``--build-arg`` options: base, proxies (values from the environment), index, torch, weights,
-    the serving image's variant."""
+    """The ``--build-arg`` options: base, proxies (values from the environment), torch, weights,
+    the serving image's variant.
+
+    No index URL is a build argument (see :func:`url_secrets`); for the serving image
+    (``torch_index`` not None) ``TORCH_INDEX`` is emptied, so that the Dockerfile's public default
+    gives way to the ``torch_index_url`` secret, or to none when the wheelhouse holds torch.
+    """
     options = ["--build-arg", f"BASE_IMAGE={base_image}"]
     for name in PROXY_VARIABLES:
         for spelling in (name, name.lower()):
             if environ.get(spelling):
                 options += ["--build-arg", spelling]  # the value is read from the environment
-    index_url = environ.get("PIP_INDEX_URL", "")
-    if index_url.startswith(("http://", "https://")):
-        options += ["--build-arg", f"PIP_INDEX_URL={index_url}"]
     if torch_index is not None:
-        options += ["--build-arg", f"TORCH_INDEX={torch_index}"]
+        options += ["--build-arg", "TORCH_INDEX="]
     if pretrained_models:
         options += ["--build-arg", f"PRETRAINED_MODELS={pretrained_models}"]
     if serve_variant:
@@ -170,14 +179,37 @@ def build_args(
     return options
 
 
+def is_http_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def url_secrets(environ: Mapping[str, str], torch_index: str | None = None) -> dict[str, str]:
+    """The index URLs the build needs, by BuildKit secret id: ``PIP_INDEX_URL`` and the torch index.
+
+    Secrets are mounted for the step that uses them and stored nowhere in the image, unlike build
+    arguments (``docker history`` shows those). Only http(s) URLs: a host path means nothing in a build.
+    """
+    secrets = {}
+    index_url = environ.get("PIP_INDEX_URL", "").strip()
+    if is_http_url(index_url):
+        secrets[PIP_INDEX_SECRET] = index_url
+    if torch_index:
+        secrets[TORCH_INDEX_SECRET] = torch_index
+    return secrets
+
+
 def build_command(
     kind: str,
     tags: Iterable[str],
     args: list[str],
-    pip_cert: str | None = None,
+    secret_files: Mapping[str, str | Path] | None = None,
     platform: str = PLATFORM,
+    no_cache: bool = False,
 ) -> list[str]:
-    """``docker build`` arguments for one image (context: the repository root)."""
+    """``docker build`` arguments for one image (context: the repository root).
+
+    ``secret_files`` maps a BuildKit secret id to the file holding its value.
+    """
     command = [
         "build",
         "--platform",
@@ -189,11 +221,13 @@ def build_command(
         "-f",
         str(dockerfile(kind)),
     ]
+    if no_cache:
+        command.append("--no-cache")
     for tag in tags:
         command += ["-t", f"{images.repository(kind)}:{tag}"]
     command += args
-    if pip_cert:
-        command += ["--secret", f"id={PIP_CERT_SECRET},src={pip_cert}"]
+    for secret_id, source in (secret_files or {}).items():
+        command += ["--secret", f"id={secret_id},src={source}"]
     return [*command, str(REPO_ROOT)]
 
 
@@ -272,6 +306,19 @@ def fill_wheelhouse(pins: Mapping[str, Pin], sources: Iterable[Path], target: Pa
     return set(present) & allowed
 
 
+@contextlib.contextmanager
+def secret_files(values: Mapping[str, str]) -> Iterator[dict[str, Path]]:
+    """Each secret's value in a file only this user can read, for the block; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="build-secrets-") as folder:  # created 0700
+        files = {}
+        for secret_id, value in values.items():
+            path = Path(folder) / secret_id
+            path.touch(mode=0o600)
+            path.write_text(value)
+            files[secret_id] = path
+        yield files
+
+
 def build_image(
     engine: dockerd.Engine,
     kind: str,
@@ -281,6 +328,7 @@ def build_image(
     pretrained_models: str = "",
     quiet: bool = False,
     serve_variant: str = "default",
+    no_cache: bool = False,
 ) -> float:
     """Builds one image and returns the seconds it took; raises CalledProcessError on failure.
 
@@ -296,21 +344,26 @@ def build_image(
         torch_index = torch_index_for(
             pins, wheelhouse_hashes, environ.get("TORCH_CPU_INDEX") or DEFAULT_TORCH_CPU_INDEX
         )
+    index_url = environ.get("PIP_INDEX_URL", "").strip()
+    if index_url and not is_http_url(index_url):
+        print("[build] PIP_INDEX_URL is not an http(s) URL: not used in the build", file=sys.stderr)
     pip_cert = environ.get("PIP_CERT")
-    command = build_command(
-        kind,
-        tags,
-        build_args(base_image, environ, torch_index, pretrained_models, variant if kind == "serve" else ""),
-        pip_cert=pip_cert if pip_cert and Path(pip_cert).is_file() else None,
-    )
     print(f"[build] {images.repository(kind)}:{','.join(tags)} on {base_image}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    if quiet:
-        result = engine.run(*command, check=False)
-        if result.returncode:
-            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
-    else:
-        engine.run(*command, capture=False)
+    serve_variant_arg = variant if kind == "serve" else ""
+    options = build_args(base_image, environ, torch_index, pretrained_models, serve_variant_arg)
+    with secret_files(url_secrets(environ, torch_index)) as secrets:
+        if pip_cert and Path(pip_cert).is_file():
+            secrets[PIP_CERT_SECRET] = Path(pip_cert)
+        command = build_command(kind, tags, options, secrets, no_cache=no_cache)
+        if quiet:
+            result = engine.run(*command, check=False)
+            if result.returncode:
+                raise subprocess.CalledProcessError(
+                    result.returncode, result.args, result.stdout, result.stderr
+                )
+        else:
+            engine.run(*command, capture=False)
     seconds = time.monotonic() - started
     print(f"[build] {images.repository(kind)} built in {seconds:.0f}s", file=sys.stderr, flush=True)
     return seconds

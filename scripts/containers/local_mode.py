@@ -6,8 +6,10 @@
 Training: ``OUT`` is laid out as SageMaker lays out ``/opt/ml`` (``scripts.local.opt_ml.lay_out``) and its
 parts are mounted where SageMaker puts them; each data channel is mounted (read-only) at
 ``/opt/ml/input/data/<channel>``, not linked. After a successful run ``OUT/model/`` is packed
-into ``OUT/model.tar.gz`` as SageMaker packs it. Serving: the artifact is unpacked to a folder
-mounted read-only at ``/opt/ml/model`` and the server listens on the host network.
+into ``OUT/model.tar.gz`` as SageMaker packs it. The container runs as the calling user (the one
+behind ``sudo`` too), so that what it writes into ``OUT`` is theirs, not root's. Serving: the
+artifact is unpacked to a folder mounted read-only at ``/opt/ml/model`` and the server listens on
+the host network, on 127.0.0.1 only unless ``--bind-host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ MODEL_TAR = "model.tar.gz"
 # DataLoader workers share tensors through /dev/shm; Docker's 64 MB default is too small for them.
 SHM_SIZE = "1g"
 SERVE_PORT = 8080
+# Host networking: the server's address is the host's. Loopback keeps a local server local.
+LOCAL_BIND_HOST = "127.0.0.1"
+# HOME for a container user that has no home in the image (the training image's only user is root).
+CONTAINER_HOME = "/tmp"
 # SageMaker's grace between SIGTERM and SIGKILL when it stops a training job.
 STOP_GRACE_S = 120
 
@@ -69,13 +75,62 @@ def training_mounts(out: Path, channels: Mapping[str, Path]) -> list[str]:
     return [option for mount in mounts for option in ("-v", mount)]
 
 
+def caller_ids(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """The user whose files ``OUT``'s should be: the one behind ``sudo``, else this process's."""
+    if os.geteuid() == 0 and environ.get("SUDO_UID", "").isdigit() and environ.get("SUDO_GID", "").isdigit():
+        return int(environ["SUDO_UID"]), int(environ["SUDO_GID"])
+    return os.getuid(), os.getgid()
+
+
+def user_options(owner: tuple[int, int]) -> list[str]:
+    """``docker run`` options that make the container write as ``owner`` (uid, gid); none for root.
+
+    The training image runs as root on SageMaker; locally it runs as the caller, with a writable
+    HOME (the image has no home for that uid).
+    """
+    uid, gid = owner
+    if uid == 0:
+        return []
+    return ["--user", f"{uid}:{gid}", "-e", f"HOME={CONTAINER_HOME}"]
+
+
+def hand_over(path: Path, owner: tuple[int, int]) -> Path:
+    """Gives ``path`` (and what lies below it, links not followed) to ``owner``, when we are root
+    acting for another user; otherwise the files are the caller's already. Returns ``path``."""
+    path = Path(path)
+    if os.geteuid() != 0 or owner[0] == 0 or not path.exists():
+        return path
+    os.chown(path, *owner, follow_symlinks=False)
+    if path.is_dir() and not path.is_symlink():
+        for folder, folders, files in os.walk(path):
+            for name in folders + files:
+                os.chown(os.path.join(folder, name), *owner, follow_symlinks=False)
+    return path
+
+
+def hand_over_layout(out: Path, owner: tuple[int, int]) -> None:
+    """Gives ``out`` and the /opt/ml folders in it to ``owner``, so that the container can write there
+    (an earlier root-owned run's files included); anything else in ``out`` is left alone."""
+    if os.geteuid() != 0 or owner[0] == 0:
+        return
+    os.chown(out, *owner)
+    for folder in opt_ml.SAGEMAKER_FOLDERS:
+        hand_over(out / folder, owner)
+
+
 def train_command(
-    image: str, name: str, out: Path, channels: Mapping[str, Path], gpus: str | None = None
+    image: str,
+    name: str,
+    out: Path,
+    channels: Mapping[str, Path],
+    gpus: str | None = None,
+    owner: tuple[int, int] = (0, 0),
 ) -> list[str]:
-    """``docker run ... IMAGE train``, as SageMaker starts a training container."""
+    """``docker run ... IMAGE train``, as SageMaker starts a training container (as ``owner``)."""
     command = ["run", "--rm", "--name", name, "--network", "host", "--shm-size", SHM_SIZE]
     if gpus:
         command += ["--gpus", gpus]
+    command += user_options(owner)
     return [*command, *training_mounts(out, channels), image, "train"]
 
 
@@ -87,14 +142,16 @@ def serve_command(
     environment: Mapping[str, str] | None = None,
     detach: bool = False,
     remove: bool = True,
+    bind_host: str = LOCAL_BIND_HOST,
 ) -> list[str]:
-    """``docker run ... IMAGE serve`` with the artifact at /opt/ml/model, listening on ``port``."""
+    """``docker run ... IMAGE serve`` with the artifact at /opt/ml/model, listening on ``bind_host:port``
+    of the host (host networking)."""
     command = ["run", "--name", name, "--network", "host"]
     if remove:
         command.append("--rm")
     if detach:
         command.append("--detach")
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port), **(environment or {})}
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SERVE_BIND_HOST": bind_host, **(environment or {})}
     for key, value in env.items():
         command += ["-e", f"{key}={value}"]
     return [*command, "-v", f"{Path(model_dir).resolve()}:{CONTAINER_BASE}/model:ro", image, "serve"]
@@ -133,21 +190,27 @@ def train_in_container(
     gpus: str | None = None,
     capture: bool = False,
     name: str | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess:
     """Lays out ``out`` like /opt/ml, runs the training container, packs ``out/model.tar.gz`` on success.
 
-    ``data`` is one folder for the ``training`` channel or a ``{channel: folder}`` mapping.
+    ``data`` is one folder for the ``training`` channel or a ``{channel: folder}`` mapping. ``owner``
+    (uid, gid; default: the caller, see :func:`caller_ids`) is who the container runs as and whose
+    ``out``'s files are.
     """
     channels = {COMBINED_CHANNEL: Path(data)} if isinstance(data, str | Path) else dict(data)
     for channel, folder in channels.items():
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"data folder for channel {channel!r} not found: {folder}")
+    owner = owner or caller_ids()
     out = Path(out).resolve()
     opt_ml.lay_out(out, dict.fromkeys(channels), hyperparameters)
+    hand_over_layout(out, owner)
     name = name or container_name("train")
-    result = engine.run(*train_command(image, name, out, channels, gpus), check=False, capture=capture)
+    command = train_command(image, name, out, channels, gpus, owner)
+    result = engine.run(*command, check=False, capture=capture)
     if result.returncode == 0:
-        pack_model(out / "model", out / MODEL_TAR)
+        hand_over(pack_model(out / "model", out / MODEL_TAR), owner)
     return result
 
 
@@ -229,6 +292,9 @@ def main() -> None:
     )
     serve.add_argument("--model", type=Path, required=True, help="model.tar.gz or an artifact folder")
     serve.add_argument("--port", type=int, default=SERVE_PORT)
+    serve.add_argument("--bind-host", default=os.environ.get("BIND_HOST") or LOCAL_BIND_HOST,
+                       help="the host address to listen on (default 127.0.0.1: this machine only; "
+                            "0.0.0.0 exposes the server to the network)")
     serve.add_argument("--image", default=image_name("serve"))
     args, hyperparameter_args = parser.parse_known_args()
 
@@ -258,10 +324,12 @@ def main() -> None:
                     f"[local-serve] http://127.0.0.1:{args.port}/invocations (Ctrl-C stops it)",
                     file=sys.stderr,
                 )
+                if args.bind_host != LOCAL_BIND_HOST:
+                    print(f"[local-serve] listening on {args.bind_host}: other machines can reach it",
+                          file=sys.stderr)
+                command = serve_command(args.image, name, folder, args.port, bind_host=args.bind_host)
                 try:
-                    engine.run(
-                        *serve_command(args.image, name, folder, args.port), check=False, capture=False
-                    )
+                    engine.run(*command, check=False, capture=False)
                 except KeyboardInterrupt:
                     engine.run("stop", name, check=False)
     except EngineUnavailable as error:

@@ -3,9 +3,15 @@
 It is the one the client already reaches (``DOCKER_HOST`` or the default socket). When none answers
 and we are root (as in CI), a private ``dockerd`` is started from Debian's ``docker.io`` (installed
 with apt-get if missing), with host networking only and its socket, data-root, exec-root, pidfile
-and log under ``~/.cache/sagemaker-classifier/docker``, outside the repository;
-:func:`engine_session` stops it by its pid afterwards. Images and BuildKit's caches live in that
-data-root, so a second build is fast.
+and log under ``~/.cache/sagemaker-classifier/docker``, outside the repository. Images and
+BuildKit's caches live in that data-root, so a second build is fast.
+
+The private engine is shared, and reference-counted: every session using it (:func:`connect` ...
+:func:`disconnect`, or :func:`engine_session`) holds a shared lock on its ``users.lock``, which the
+kernel releases when the process ends, crashed or not. The last session to leave stops an engine
+that a session started; a ``make demo`` during a ``make test`` (or two test sessions) never stops
+the engine under the other. An engine started by ``python -m scripts.engine start`` (or by hand)
+is pinned: sessions never stop it.
 
 Standard library only: ``make build`` needs no Python environment.
 """
@@ -56,6 +62,16 @@ class PrivateEngine:
     def log(self) -> Path:
         return self.root / "dockerd.log"
 
+    @property
+    def users_lock(self) -> Path:
+        """Each session using the engine holds a shared lock on this file."""
+        return self.root / "users.lock"
+
+    @property
+    def session_marker(self) -> Path:
+        """Holds the pid of an engine a session started (and the last session stops); absent: pinned."""
+        return self.root / "started-by-session"
+
     def dockerd_command(self, dockerd: str) -> list[str]:
         """Host networking only: no bridge and no iptables rules, so nothing on the host changes."""
         return [
@@ -80,8 +96,9 @@ class Engine:
 
     docker: str
     host: str | None = None
-    started_pid: int | None = None
-    private: PrivateEngine | None = None  # the private engine's paths, when we started it
+    started_pid: int | None = None  # the private dockerd's pid, when this session started it
+    private: PrivateEngine | None = None  # the private engine's paths, when it is the private one
+    lease: int | None = None  # the descriptor holding this session's shared lock on the private engine
     env: dict[str, str] = field(init=False)  # the client's environment, read when the Engine is made
 
     def __post_init__(self) -> None:
@@ -229,9 +246,45 @@ def _start_lock(private: PrivateEngine) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def connect(private: PrivateEngine | None = None) -> Engine:
-    """The engine to use: one that answers already, else a private dockerd we start (root only).
+def _take_lease(private: PrivateEngine) -> int:
+    """A shared lock on the engine's users file, held until :func:`disconnect` (or the process ends)."""
+    descriptor = os.open(private.users_lock, os.O_RDONLY | os.O_CREAT, 0o644)  # not inherited by children
+    fcntl.flock(descriptor, fcntl.LOCK_SH)
+    return descriptor
 
+
+def engine_in_use(private: PrivateEngine) -> bool:
+    """Whether any session (this process's included) holds the private engine."""
+    if not private.users_lock.exists():
+        return False
+    descriptor = os.open(private.users_lock, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # also releases the probe's lock
+    return False
+
+
+def started_by_a_session(private: PrivateEngine) -> bool:
+    """Whether the running private engine was started by a session (so the last one stops it)."""
+    try:
+        marked = int(private.session_marker.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return marked == read_pid(private.pidfile)
+
+
+def pin(private: PrivateEngine) -> None:
+    """Keeps the private engine running after the sessions using it have ended."""
+    private.session_marker.unlink(missing_ok=True)
+
+
+def connect(private: PrivateEngine | None = None) -> Engine:
+    """The engine to use: one that answers already, else the private dockerd (started if need be, as root).
+
+    Using the private engine takes a lease on it; give it back with :func:`disconnect`.
     Raises :class:`EngineUnavailable` with the reason when neither is possible.
     """
     private = private or PrivateEngine()
@@ -245,27 +298,40 @@ def connect(private: PrivateEngine | None = None) -> Engine:
         )
     with _start_lock(private):
         if read_pid(private.pidfile) and engine_answers(docker, private.host):
-            return Engine(docker, private.host)
+            return Engine(docker, private.host, private=private, lease=_take_lease(private))
         pid = start_private_engine(private, docker)
-    return Engine(docker, private.host, started_pid=pid, private=private)
+        private.session_marker.write_text(f"{pid}\n")
+        return Engine(docker, private.host, started_pid=pid, private=private, lease=_take_lease(private))
 
 
 def disconnect(engine: Engine) -> None:
-    """Stops the private dockerd if this process started it; leaves any other engine alone."""
-    if engine.started_pid is not None:
-        print(
-            f"[docker-engine] stopping the private dockerd (pid {engine.started_pid})",
-            file=sys.stderr,
-            flush=True,
-        )
-        stop_private_engine(engine.private or PrivateEngine(), engine.started_pid)
+    """Gives back this session's lease on the private engine; the last session out stops an engine a
+    session started (never a pinned one, nor any other engine)."""
+    if engine.lease is None or engine.private is None:
+        return
+    private = engine.private
+    with _start_lock(private):  # no session can join while the last one decides to stop it
+        os.close(engine.lease)
+        engine.lease = None
         engine.started_pid = None
+        pid = read_pid(private.pidfile)
+        if pid is None or not started_by_a_session(private):
+            return
+        if engine_in_use(private):
+            print("[docker-engine] the private dockerd is still used by another session: left running",
+                  file=sys.stderr, flush=True)
+            return
+        print(f"[docker-engine] stopping the private dockerd (pid {pid}): no session uses it any more",
+              file=sys.stderr, flush=True)
+        stop_private_engine(private, pid)
+        private.session_marker.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def engine_session() -> Iterator[Engine]:
-    """An engine for the duration of a block; a private dockerd started here is stopped after it."""
-    engine = connect()
+def engine_session(private: PrivateEngine | None = None) -> Iterator[Engine]:
+    """An engine for the duration of a block; the private dockerd is stopped after it if this was the
+    last session using it and a session started it."""
+    engine = connect(private)
     try:
         yield engine
     finally:

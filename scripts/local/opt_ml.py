@@ -22,6 +22,8 @@ from pathlib import Path
 
 from classifier.hyperparameters import as_sagemaker_strings
 
+# The folders of /opt/ml a training job reads and writes (``code/`` only outside an image).
+SAGEMAKER_FOLDERS = ("input", "model", "output", "checkpoints")
 # "algo-1" does not resolve outside SageMaker and the toolkit waits for DNS forever.
 LOCAL_HOST = "localhost"
 
@@ -39,6 +41,32 @@ def input_data_config_json(channels: list[str]) -> dict:
         }
         for channel in channels
     }
+
+
+def _place_channel(target: Path, source: Path | None) -> None:
+    """Makes ``target`` a link to ``source``, or an empty mount point when ``source`` is None.
+
+    What this module leaves there is a link or an empty folder (a mount point of an earlier
+    container run); either is replaced. Anything else is the user's and is never deleted.
+    """
+    if source is not None and target.resolve() == source:
+        return  # the data already lies there: use it in place
+    if target.is_symlink():
+        target.unlink()  # a link we made; the data it pointed to stays
+    elif target.is_dir() and not any(target.iterdir()):
+        if source is None:
+            return
+        target.rmdir()
+    elif target.exists():
+        kind = "folder holding files" if target.is_dir() else "file"
+        raise FileExistsError(
+            f"{target} is a {kind} of yours, not a link or an empty mount point this tool made: it is "
+            "left as it is; move it elsewhere (and pass it as the data), or choose another output folder"
+        )
+    if source is None:
+        target.mkdir()
+    else:
+        target.symlink_to(source, target_is_directory=True)
 
 
 def lay_out(
@@ -66,18 +94,12 @@ def lay_out(
     for channel, source in channels.items():
         target = base / "input" / "data" / channel
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        if source is None:
-            target.mkdir(exist_ok=True)
-        else:
+        if source is not None:
             source = Path(source).resolve()
             if not source.is_dir():
                 raise FileNotFoundError(f"data folder for channel {channel!r} not found: {source}")
-            if target.is_dir():
-                shutil.rmtree(target)
-            target.symlink_to(source, target_is_directory=True)
-    for folder in ("model", "output", "checkpoints"):
+        _place_channel(target, source)
+    for folder in SAGEMAKER_FOLDERS[1:]:
         (base / folder).mkdir(exist_ok=True)
     if code_dir is not None:
         shutil.rmtree(base / "code", ignore_errors=True)

@@ -28,6 +28,14 @@ SERVE_PYTHON = REPO_ROOT / ".venv" / "serve" / "bin" / "python"
 HEALTHY_TIMEOUT_S = 300.0  # workers importing torch on a busy 2-core machine
 
 
+def _is_mms_backend(process: psutil.Process) -> bool:
+    """Whether the process runs MMS's Python backend (its worker parent, or a worker it forked)."""
+    try:
+        return any("model_service_worker" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
     with socket.socket() as sock:
@@ -44,10 +52,11 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.leftovers: list[psutil.Process] = []
-        environ = {**os.environ, "SERVE_BIND_HOST": "127.0.0.1", **(env or {})}
-        if via_make:
+        environ = {**os.environ, **(env or {})}
+        if via_make:  # the target's own default address (127.0.0.1)
             command = ["make", "-s", "serve-local", f"MODEL={model_dir}", f"PORT={self.port}"]
         else:
+            environ.setdefault("SERVE_BIND_HOST", "127.0.0.1")
             environ["SAGEMAKER_BIND_TO_PORT"] = str(self.port)
             command = [str(SERVE_PYTHON), str(CODE_DIR / "serve.py"), "serve", "--model-dir", str(model_dir)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
@@ -90,6 +99,16 @@ class LocalServer:
         self.watch_ping(lambda status, body: status == 200, timeout)
         return time.monotonic() - self.started
 
+    def listening_addresses(self) -> set[str]:
+        """The local addresses the server's processes listen on at its port."""
+        pids = {process.pid for process in self.all_processes()}
+        return {
+            connection.laddr.ip
+            for connection in psutil.net_connections(kind="tcp")
+            if connection.status == psutil.CONN_LISTEN and connection.pid in pids
+            and connection.laddr.port == self.port
+        }
+
     def all_processes(self) -> list[psutil.Process]:
         """Every process of the server: its own, and those of the sessions they lead.
 
@@ -108,6 +127,44 @@ class LocalServer:
                 if os.getsid(process.pid) in sessions:
                     members.append(process)
         return members
+
+    def model_worker_processes(self) -> list[psutil.Process]:
+        """The model workers, each holding its own model copy: MMS's Python backend forks one per
+        worker thread of MMS (so they are the children of the backend, itself a child of java)."""
+        workers = []
+        for process in self.all_processes():
+            with contextlib.suppress(psutil.Error):
+                parent = process.parent()
+                if (process.status() != psutil.STATUS_ZOMBIE and parent is not None
+                        and _is_mms_backend(process) and _is_mms_backend(parent)):
+                    workers.append(process)
+        return sorted(workers, key=lambda process: process.pid)
+
+    def memory_by_role(self) -> dict[str, list[dict[str, float]]]:
+        """Resident (RSS) and proportional (PSS: shared pages split between their users) memory in MB
+        of each process, by role: gateway, launcher, frontend (java), worker parent, workers."""
+        workers = {process.pid for process in self.model_worker_processes()}
+        roles: dict[str, list[dict[str, float]]] = {}
+        for process in self.all_processes():
+            with contextlib.suppress(psutil.Error):
+                memory = process.memory_full_info()
+                command = " ".join(process.cmdline())
+                if process.pid in workers:
+                    role = "worker"
+                elif _is_mms_backend(process):
+                    role = "worker parent"
+                elif process.name() == "java":
+                    role = "frontend (java)"
+                elif "serving.model_server" in command:
+                    role = "launcher"
+                elif "serve.py" in command:
+                    role = "gateway"
+                else:
+                    continue
+                roles.setdefault(role, []).append(
+                    {"pid": process.pid, "rss_mb": memory.rss / 2**20, "pss_mb": memory.pss / 2**20}
+                )
+        return roles
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM to the server's session (as ``docker stop`` or Ctrl-C would); its exit status.

@@ -8,7 +8,8 @@ from aws_helpers import BUCKET, ROLE_ARN
 
 from classifier.errors import DatasetError
 from scripts.aws import upload_data
-from scripts.aws.settings import LaunchConfig, LaunchError
+from scripts.aws.settings import LaunchConfig
+from scripts.datasets.download import DownloadError
 from scripts.datasets.sample import class_folder_names, make_dataset
 
 COUNTS = {"train": 2, "valid": 1, "test": 1}
@@ -74,13 +75,13 @@ def test_unsafe_zip_paths_are_refused(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("../outside.txt", "x")
-    with pytest.raises(LaunchError, match="unsafe path"):
-        upload_data.extract(archive, tmp_path / "out")
+    with pytest.raises(DownloadError, match="unsafe path"):
+        upload_data.extract_zip(archive, tmp_path / "out")
     assert not (tmp_path / "outside.txt").exists()
 
 
 def test_a_broken_download_is_named(tmp_path):
-    with pytest.raises(LaunchError, match="could not download"):
+    with pytest.raises(DownloadError, match="could not download"):
         upload_data.download((tmp_path / "missing.zip").as_uri(), tmp_path / "work" / "x.zip")
     assert not (tmp_path / "work" / "x.zip").exists()
 

@@ -5,7 +5,7 @@ import tarfile
 import pytest
 
 from scripts import demo
-from scripts.containers import build, local_mode, push
+from scripts.containers import build, images, local_mode, push
 from scripts.datasets.sample import class_folder_names, make_dataset
 
 TORCH_HASH = "6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b"
@@ -97,29 +97,56 @@ def test_host_find_links_reads_pip_config_and_environment_but_not_urls():
     assert [str(path) for path in found] == ["/more", "/even/more", "/opt/wheels"]
 
 
-def test_build_args_pass_base_proxies_by_name_and_http_index_only():
-    environ = {"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "localhost", "PIP_INDEX_URL": "file:///x"}
-    args = build.build_args("base:1", environ, torch_index="", pretrained_models="resnet50")
+def test_build_args_pass_base_and_proxies_by_name_and_never_an_index_url():
+    environ = {"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "localhost",
+               "PIP_INDEX_URL": "https://user:token@mirror/simple"}
+    args = build.build_args("base:1", environ, torch_index="https://t:token@torch/cpu",
+                            pretrained_models="resnet50")
     assert args == [
         "--build-arg", "BASE_IMAGE=base:1",
         "--build-arg", "HTTPS_PROXY",  # the value stays in the environment, not on the command line
         "--build-arg", "no_proxy",
-        "--build-arg", "TORCH_INDEX=",
+        "--build-arg", "TORCH_INDEX=",  # the public default gives way to the secret
         "--build-arg", "PRETRAINED_MODELS=resnet50",
     ]  # fmt: skip
-    mirror = build.build_args("b", {"PIP_INDEX_URL": "https://mirror/simple"})
-    assert "PIP_INDEX_URL=https://mirror/simple" in mirror
+    assert not [arg for arg in build.build_args("b", environ) if "token" in arg or "INDEX" in arg]
 
 
-def test_build_command_tags_targets_amd64_and_passes_the_pip_ca_as_a_secret():
-    command = build.build_command("serve", ["abc1234", "latest"], [], pip_cert="/etc/ca.pem")
+def test_index_urls_are_build_secrets_and_only_http_ones():
+    environ = {"PIP_INDEX_URL": "https://user:token@mirror/simple"}
+    assert build.url_secrets(environ, "https://torch/cpu") == {
+        "pip_index_url": "https://user:token@mirror/simple", "torch_index_url": "https://torch/cpu"}
+    assert build.url_secrets({"PIP_INDEX_URL": "file:///x"}, "") == {}
+    assert build.url_secrets({}) == {}
+
+
+def test_secret_files_are_private_and_removed_after_the_build():
+    with build.secret_files({"pip_index_url": "https://user:token@mirror/simple"}) as files:
+        path = files["pip_index_url"]
+        assert path.read_text() == "https://user:token@mirror/simple"
+        assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
+    assert not path.exists()
+
+
+def test_build_command_tags_targets_amd64_and_passes_secrets_as_files():
+    secrets = {"pip_cert": "/etc/ca.pem", "pip_index_url": "/tmp/s/pip_index_url"}
+    command = build.build_command("serve", ["abc1234", "latest"], [], secrets)
     assert command[:5] == ["build", "--platform", "linux/amd64", "--network", "host"]
     assert command[command.index("-f") + 1].endswith("docker/serve/Dockerfile")
     tags = [command[i + 1] for i, option in enumerate(command) if option == "-t"]
     assert tags == ["sagemaker-classifier-serve:abc1234", "sagemaker-classifier-serve:latest"]
-    assert command[command.index("--secret") + 1] == "id=pip_cert,src=/etc/ca.pem"
+    passed = [command[i + 1] for i, option in enumerate(command) if option == "--secret"]
+    assert passed == ["id=pip_cert,src=/etc/ca.pem", "id=pip_index_url,src=/tmp/s/pip_index_url"]
     assert command[-1] == str(build.REPO_ROOT)
     assert "--secret" not in build.build_command("train", ["t"], [])
+    assert "--no-cache" in build.build_command("train", ["t"], [], no_cache=True)
+
+
+def test_dockerfiles_take_no_index_url_as_a_build_argument():
+    for kind in images.REPOSITORIES:
+        text = build.dockerfile(kind).read_text()
+        assert "ARG PIP_INDEX_URL" not in text and "--index-url" not in text, kind
+        assert "--mount=type=secret,id=pip_index_url" in text, kind
 
 
 def test_training_mounts_follow_the_sagemaker_layout_with_channels_mounted_read_only(tmp_path):
@@ -137,6 +164,22 @@ def test_training_mounts_follow_the_sagemaker_layout_with_channels_mounted_read_
     assert command[-2:] == ["img:1", "train"]
     assert command[command.index("--gpus") + 1] == "all"
     assert command[command.index("--network") + 1] == "host"
+    assert "--user" not in command  # root (SageMaker's user) when the caller is root
+
+
+def test_the_training_container_runs_as_the_calling_user_with_a_writable_home(tmp_path):
+    command = local_mode.train_command("img:1", "job", tmp_path / "out", {}, owner=(1000, 1001))
+    assert command[command.index("--user") + 1] == "1000:1001"
+    assert f"HOME={local_mode.CONTAINER_HOME}" in command
+    assert command.index("--user") < command.index("img:1")
+
+
+def test_the_caller_is_the_user_behind_sudo(monkeypatch):
+    sudo = {"SUDO_UID": "1000", "SUDO_GID": "1001"}
+    monkeypatch.setattr(local_mode.os, "geteuid", lambda: 0)
+    assert local_mode.caller_ids(sudo) == (1000, 1001)
+    monkeypatch.setattr(local_mode.os, "geteuid", lambda: 1000)  # not root: SUDO_* means nothing
+    assert local_mode.caller_ids(sudo) == (local_mode.os.getuid(), local_mode.os.getgid())
 
 
 def test_serve_command_binds_the_port_and_mounts_the_model_read_only(tmp_path):
@@ -146,6 +189,9 @@ def test_serve_command_binds_the_port_and_mounts_the_model_read_only(tmp_path):
     assert f"{tmp_path}:/opt/ml/model:ro" in command
     assert "SAGEMAKER_BIND_TO_PORT=8123" in command
     assert "SAGEMAKER_MODEL_SERVER_WORKERS=1" in command
+    assert "SERVE_BIND_HOST=127.0.0.1" in command  # host networking: loopback keeps it local
+    exposed = local_mode.serve_command("img:1", "srv", tmp_path, 8123, bind_host="0.0.0.0")
+    assert "SERVE_BIND_HOST=0.0.0.0" in exposed
 
 
 def test_pack_model_packs_contents_at_the_archive_root_and_unpacks_back(tmp_path):

@@ -14,6 +14,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from classifier import artifact, protocol
@@ -33,9 +34,12 @@ TINY_TRAINING = {
 # Each training epoch takes about a second here: long enough to stop one mid-run.
 LONG_TRAINING = {**TINY_TRAINING, "epochs": 50, "early-stopping-patience": 0}
 SERVE_ENVIRONMENT = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
-# Docker's default grace between SIGTERM and SIGKILL on `docker stop`; a SIGKILLed container exits 137.
+# Docker's default grace between SIGTERM and SIGKILL on `docker stop` (the serving container's).
 STOP_GRACE_S = 10
+# A SIGKILLed container exits 137.
 SIGKILLED = 137
+# The training run below acts for this (non-root) user, as `sudo make local-train` would for its caller.
+CALLER = (4321, 4322)
 
 
 def output_tail(result) -> str:
@@ -55,10 +59,11 @@ def post(port: int, body: bytes, content_type: str | None) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def container_training(engine, built_images, sample_dataset, tmp_path_factory):
-    """One real training run in the training container: ``(CompletedProcess, OUT folder)``."""
+    """One real training run in the training container, as the user ``CALLER``: (CompletedProcess, OUT)."""
     out = tmp_path_factory.mktemp("opt_ml")
+    sample_dataset.chmod(0o755)  # pytest makes it 0700 (root's); the caller's own data is theirs to read
     result = local_mode.train_in_container(
-        engine, sample_dataset, out, TINY_TRAINING, image=built_images["train"], capture=True
+        engine, sample_dataset, out, TINY_TRAINING, image=built_images["train"], capture=True, owner=CALLER
     )
     return result, out
 
@@ -78,6 +83,17 @@ def test_training_container_packs_the_artifact_and_reports_success(container_tra
     for name in (artifact.TENSORS_DIR, artifact.STEP_TIMINGS_FILE, artifact.RESOURCE_USAGE_FILE):
         assert (out / "output" / "data" / name).exists(), name
         assert (out / "checkpoints" / artifact.LIVE_EVIDENCE_DIR / name).exists(), name
+    assert (out / "checkpoints" / "checkpoint.pt").is_file()
+
+
+def test_what_the_training_container_writes_belongs_to_the_caller_not_root(container_training):
+    result, out = container_training
+    assert result.returncode == 0, output_tail(result)
+    written = [out / local_mode.MODEL_TAR, *(out / "model").rglob("*"), *(out / "output").rglob("*"),
+               *(out / "checkpoints").rglob("*")]
+    assert len(written) > 10
+    not_the_callers = [str(path) for path in written if (path.stat().st_uid, path.stat().st_gid) != CALLER]
+    assert not_the_callers == []
 
 
 def test_training_container_reads_channels_mounted_where_sagemaker_puts_them(
@@ -128,8 +144,10 @@ def test_docker_stop_checkpoints_training_and_says_so_in_output_failure(
         while not any((out / "checkpoints").glob("*.pt")) and not run.done() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert any((out / "checkpoints").glob("*.pt")), "no checkpoint after the first epoch"
-        engine.run("stop", "--time", str(STOP_GRACE_S), name)
-        result = run.result(timeout=60)
+        # SageMaker's grace: on a busy machine the step, the checkpoint and the toolkit's report take
+        # longer than Docker's default 10 s.
+        engine.run("stop", "--time", str(local_mode.STOP_GRACE_S), name)
+        result = run.result(timeout=local_mode.STOP_GRACE_S + 60)
 
     assert result.returncode not in (0, SIGKILLED), output_tail(result)  # stopped, by itself
     reason = (out / "output" / "failure").read_text()
@@ -193,6 +211,15 @@ def test_serving_container_refuses_bad_input_and_keeps_serving(
 
     status, answer = post(port, sample_jpeg(sample_dataset), "image/jpeg")
     assert status == 200, answer
+
+
+def test_serving_container_listens_on_this_machine_only(serving):
+    _, port = serving
+    listening = {
+        connection.laddr.ip for connection in psutil.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
+    assert listening == {"127.0.0.1"}
 
 
 def test_serving_container_runs_as_non_root(engine, serving):

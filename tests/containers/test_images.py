@@ -10,9 +10,12 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -70,22 +73,133 @@ def test_images_are_linux_amd64_and_hold_no_pip_ca_secret(engine, built_images):
         assert "PIP_CERT" not in env
 
 
+class _TokenIndex:
+    """A package index on a loopback port: it answers only requests whose basic-auth password is
+    ``token`` and passes them on to PyPI's simple API (the files themselves come from PyPI's CDN)."""
+
+    def __init__(self, token: str):
+        self.authorized = 0
+        self.refused = 0
+        index = self
+        expected = "Basic " + base64.b64encode(f"pip:{token}".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.headers.get("Authorization") != expected:
+                    index.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="index"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                index.authorized += 1
+                upstream = urllib.request.Request(
+                    "https://pypi.org" + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}
+                )
+                try:
+                    with urllib.request.urlopen(upstream, timeout=60) as response:
+                        status, body = response.status, response.read()
+                        content_type = response.headers.get("Content-Type", "text/html")
+                except urllib.error.HTTPError as error:
+                    status, body, content_type = error.code, b"", "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://pip:{token}@127.0.0.1:{self.server.server_address[1]}/simple"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def image_contains(engine: dockerd.Engine, image: str, needle: bytes) -> bool:
+    """Whether ``needle`` occurs anywhere in the image: every layer's files and its config (docker save)."""
+    save = subprocess.Popen(engine.command("save", image), env=engine.env, stdout=subprocess.PIPE)
+    tail, found = b"", False
+    while block := save.stdout.read(1 << 20):
+        if needle in tail + block:
+            found = True
+        tail = block[-len(needle):]
+    save.stdout.close()
+    assert save.wait() == 0, f"docker save {image} failed"
+    return found
+
+
+def test_a_package_index_token_reaches_pip_but_no_layer_and_no_history(engine, base_image, built_images):
+    """PIP_INDEX_URL often carries a token: a BuildKit secret, never a build argument stored in the image."""
+    token = f"marker-{uuid.uuid4().hex}"
+    index = _TokenIndex(token)
+    tag = built_images["serve"].split(":", 1)[1] + "-index-token"
+    image = f"{images.repository('serve')}:{tag}"
+    try:
+        # No cache: pip must really run with the secret (a cached layer would prove nothing).
+        environ = {**os.environ, "PIP_INDEX_URL": index.url}
+        build.build_image(engine, "serve", [tag], base_image, environ=environ, quiet=True, no_cache=True)
+        assert index.authorized > 0  # pip used the index, with the token
+        history = engine.run("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+        assert token not in history and "PIP_INDEX_URL=http" not in history  # no build argument
+        assert token not in engine.run("image", "inspect", image).stdout
+        assert not image_contains(engine, image, token.encode())
+        assert image_contains(engine, image, b"sagemaker_inference")  # the scan does see the files
+    finally:
+        index.stop()
+        engine.run("rmi", image, check=False)
+
+
+RESNET18_WEIGHTS_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=15):
+            return True
+    except OSError:
+        return False
+
+
+def test_pretrained_models_build_fails_naming_the_url_when_the_weights_cannot_be_fetched(
+    engine, base_image, built_images
+):
+    """Offline (here: every download through a proxy that refuses connections) the build stops."""
+    dead_proxy = f"http://127.0.0.1:{free_loopback_port()}"
+    environ = {**os.environ, "HTTPS_PROXY": dead_proxy, "https_proxy": dead_proxy}
+    tag = built_images["train"].split(":", 1)[1] + "-offline-weights"
+    # resnet34: a model no other build bakes, so no cached layer can stand in for the download.
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        build.build_image(engine, "train", [tag], base_image, environ, pretrained_models="resnet34",
+                          quiet=True)
+    output = (failed.value.stdout or "") + (failed.value.stderr or "")
+    assert "cannot bake resnet34 weights from https://download.pytorch.org/models/resnet34-" in output
+    assert not engine.image_exists(f"{images.repository('train')}:{tag}")
+
+
 def test_pretrained_models_build_option_bakes_weights_into_the_torch_hub_cache(
     engine, base_image, built_images
 ):
-    """Online the weights land in $TORCH_HOME/hub/checkpoints; offline the build names what it fetched."""
+    if not reachable(RESNET18_WEIGHTS_URL):
+        pytest.skip(f"{RESNET18_WEIGHTS_URL} is not reachable from this machine: baking not tested")
+    tag = built_images["train"].split(":", 1)[1] + "-weights"
+    image = f"{images.repository('train')}:{tag}"
+    build.build_image(engine, "train", [tag], base_image, pretrained_models="resnet18", quiet=True)
     try:
-        build.build_image(
-            engine, "train", ["test-weights"], base_image, pretrained_models="resnet18", quiet=True
-        )
-    except subprocess.CalledProcessError as error:
-        output = (error.stdout or "") + (error.stderr or "")
-        assert "cannot bake resnet18 weights from https://download.pytorch.org/models/resnet18" in output
-        return
-    image = f"{images.repository('train')}:test-weights"
-    listing = engine.run("run", "--rm", image, "sh", "-c", "ls $TORCH_HOME/hub/checkpoints").stdout
-    assert "resnet18-" in listing
-    engine.run("rmi", image, check=False)
+        listing = engine.run("run", "--rm", image, "sh", "-c", "ls $TORCH_HOME/hub/checkpoints").stdout
+        assert "resnet18-f37072fd.pth" in listing.split()
+    finally:
+        engine.run("rmi", image, check=False)
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class _AuthorizingRegistry:

@@ -1,6 +1,7 @@
 """The local /opt/ml layout matches what SageMaker writes for a training job."""
 
 import json
+import shutil
 
 import pytest
 
@@ -22,3 +23,45 @@ def test_lay_out_writes_configs_links_data_and_creates_folders(tmp_path):
 def test_lay_out_names_a_missing_data_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="training"):
         opt_ml.lay_out(tmp_path / "out", {"training": tmp_path / "nope"}, {})
+
+
+def small_dataset(folder):
+    return make_dataset(folder, num_classes=2, counts={"train": 1, "valid": 1, "test": 1}, size=16)
+
+
+@pytest.mark.parametrize("mounted", [False, True], ids=["linked", "mounted"])
+def test_a_users_own_folder_or_file_in_the_channel_place_is_never_deleted(tmp_path, mounted):
+    data = small_dataset(tmp_path / "data")
+    channel = tmp_path / "out" / "input" / "data" / "training"
+    (channel / "mine").mkdir(parents=True)
+    (channel / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=f"{channel} is a folder holding files of yours"):
+        opt_ml.lay_out(tmp_path / "out", {"training": None if mounted else data}, {})
+    assert (channel / "mine" / "notes.txt").read_text() == "keep me"
+
+    shutil.rmtree(channel)
+    channel.write_text("a file of mine")
+    with pytest.raises(FileExistsError, match="is a file of yours"):
+        opt_ml.lay_out(tmp_path / "out", {"training": None if mounted else data}, {})
+    assert channel.read_text() == "a file of mine"
+
+
+def test_links_and_empty_mount_points_from_earlier_runs_are_replaced_and_data_stays(tmp_path):
+    first, second = small_dataset(tmp_path / "first"), small_dataset(tmp_path / "second")
+    channel = tmp_path / "out" / "input" / "data" / "training"
+    opt_ml.lay_out(tmp_path / "out", {"training": None}, {})  # a container run's mount point
+    assert channel.is_dir() and not channel.is_symlink() and not any(channel.iterdir())
+    opt_ml.lay_out(tmp_path / "out", {"training": first}, {})  # then a host run: linked
+    assert channel.is_symlink() and channel.resolve() == first.resolve()
+    opt_ml.lay_out(tmp_path / "out", {"training": second}, {})  # another dataset: relinked
+    assert channel.resolve() == second.resolve()
+    assert any(first.rglob("*.jpg"))  # the data behind the old link is untouched
+    opt_ml.lay_out(tmp_path / "out", {"training": None}, {})
+    assert channel.is_dir() and not channel.is_symlink()
+
+
+def test_data_already_in_the_channel_place_is_used_where_it_is(tmp_path):
+    channel = tmp_path / "out" / "input" / "data" / "training"
+    small_dataset(channel)
+    opt_ml.lay_out(tmp_path / "out", {"training": channel}, {})
+    assert not channel.is_symlink() and any(channel.rglob("*.jpg"))

@@ -3,6 +3,7 @@ is broken (never 200 while the workers die), and the server stops cleanly on SIG
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 
@@ -65,18 +66,33 @@ def test_broken_artifact_is_reported_unhealthy_with_its_reason_and_never_healthy
     assert code == 0, server.log_tail()
 
 
-def test_model_server_dying_stops_the_server_with_status_1(good_artifact, tmp_path):
+def worker_parent(server: ServerProcess) -> list[psutil.Process]:
+    """MMS's Python backend, which forks every model worker (a child of java)."""
+    backend = server.model_server_processes()
+    found = []
+    for process in server.all_processes():
+        with contextlib.suppress(psutil.Error):
+            if process.pid in backend and process.parent().name() == "java":
+                found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("victim", ["java", "worker parent"])
+def test_model_server_dying_stops_the_server_with_status_1(good_artifact, tmp_path, victim):
+    """MMS's frontend gone, or the process that forks its workers (no worker could start again)."""
     server = ServerProcess(broken_copy(good_artifact, tmp_path, "missing"), tmp_path / "server.log")
     try:
         server.watch_ping(is_unhealthy)
-        java = [p for p in server.all_processes() if p.name() == "java"]
-        assert len(java) == 1
-        java[0].kill()
+        targets = [p for p in server.all_processes() if p.name() == "java"] if victim == "java" else (
+            worker_parent(server))
+        assert len(targets) == 1
+        targets[0].kill()
         server.process.wait(timeout=60)
     finally:
         code = server.stop()
     assert code == 1
-    assert "the model server exited on its own" in server.log_text()
+    expected = "the model server exited on its own" if victim == "java" else "worker parent"
+    assert expected in server.log_text()
 
 
 def test_sigterm_stops_a_healthy_server_and_its_model_server(good_artifact, tmp_path):

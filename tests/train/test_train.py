@@ -164,7 +164,7 @@ def test_frozen_layers_keep_the_weights_from_weights_path(trained_run, imagenet_
 
 
 def test_every_epoch_leaves_a_checkpoint(trained_run):
-    checkpoint = torch.load(trained_run / "checkpoints" / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(trained_run / "checkpoints" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 3
     assert [entry["epoch"] for entry in checkpoint["history"]] == [1, 2, 3]
 

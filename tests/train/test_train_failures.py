@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import CodeOnLoad
 
 from scripts.datasets.sample import class_folder_names, make_dataset
 from scripts.local.train import CODE_DIR, run_training
@@ -107,6 +108,17 @@ def test_unexpected_error_reports_type_and_message_with_traceback_in_the_log(dat
     failure, log = run_expecting_failure(dataset, out)
     assert failure.strip() == "KeyError: 'model'"
     assert "Traceback (most recent call last)" in log
+
+
+def test_checkpoint_holding_code_is_refused_naming_the_file_and_never_run(dataset, tmp_path):
+    """Whoever can write to the job's checkpoint prefix in S3 must not run code in the job."""
+    out, marker = tmp_path / "out", tmp_path / "code-ran"
+    (out / "checkpoints").mkdir(parents=True)
+    checkpoint = out / "checkpoints" / "checkpoint.pt"
+    torch.save({"model_name": "resnet18", "class_folders": CLASSES, "rng": CodeOnLoad(marker)}, checkpoint)
+    failure, _ = run_expecting_failure(dataset, out)
+    assert failure.startswith(f"refusing checkpoint {checkpoint}: it holds pickled objects"), failure
+    assert not marker.exists()
 
 
 def test_checkpoint_of_another_model_is_refused(dataset, tmp_path):

@@ -73,14 +73,14 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes_at_the_right_epoch(
     log, stopped = run_until(sample_dataset, out, TRAINING_STARTS)
     assert stopped.group(1, 2, 4) == ("during", "1", "1")  # mid-epoch: epoch 1 starts again
     assert printed_epochs(log) == []
-    assert torch.load(out / "checkpoints" / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoints" / "checkpoint.pt", weights_only=True)["epoch"] == 0
 
     log, stopped = run_until(sample_dataset, out, EPOCH_LINE)
     assert "0 epoch(s) done, continuing at epoch 1" in log
     assert printed_epochs(log) == [1]
     resume_epoch = int(stopped.group(4))
     assert resume_epoch == 2  # stopped while saving epoch 1 ("after") or early in epoch 2 ("during")
-    checkpoint = torch.load(out / "checkpoints" / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(out / "checkpoints" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best", "history"} <= set(checkpoint)
     first_epoch_train_loss = metrics.parse_metric_lines(log)["train:loss"][0]

@@ -165,7 +165,9 @@ def test_checkpoints_are_atomic_and_tied_to_their_run(tmp_path):
 def test_resource_sampler_writes_json_lines(tmp_path):
     path = tmp_path / "data" / artifact.RESOURCE_USAGE_FILE
     with resources.ResourceSampler(path, interval_s=0.05):
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while (not path.is_file() or len(path.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+            time.sleep(0.01)  # until three samples are written, not a guessed duration
     samples = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(samples) >= 3
     assert samples[-1]["elapsed_s"] > samples[0]["elapsed_s"] and samples[0]["memory_percent"] > 0

@@ -1,10 +1,13 @@
 """The run's state is one object: what it books per epoch, and the checkpoint round trip."""
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from train_helpers import CodeOnLoad
 
 from classifier import checkpoints
 from classifier.errors import TrainingError
@@ -62,7 +65,7 @@ def test_a_saved_state_resumes_exactly(tmp_path):
     train_a_step(state)
     state.end_epoch(record(2, 0.8), early_stopping_patience=3)
     state.save(tmp_path)
-    next_draw = torch.rand(3)  # what the saved run would have drawn next
+    next_draws = (torch.rand(3), random.random(), np.random.rand(2))  # what the saved run would draw next
 
     resumed = make_state(seed=2)  # other weights: everything must come from the checkpoint
     assert resumed.resume(tmp_path)
@@ -75,7 +78,43 @@ def test_a_saved_state_resumes_exactly(tmp_path):
         assert torch.equal(resumed.best.state[name], tensor)
     assert resumed.optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
         state.optimizer.state_dict()["state"][0]["momentum_buffer"])
-    assert torch.equal(torch.rand(3), next_draw)  # the random generators continue where it was
+    # every random generator continues where it was
+    assert torch.equal(torch.rand(3), next_draws[0])
+    assert random.random() == next_draws[1]
+    assert np.array_equal(np.random.rand(2), next_draws[2])
+
+
+PLAIN_VALUES = (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+
+
+def plain_types(value) -> set[type]:
+    """The types a value is built of, looking inside dicts, lists and tuples."""
+    if isinstance(value, dict):
+        return {dict}.union(*(plain_types(item) for pair in value.items() for item in pair))
+    if isinstance(value, list | tuple):
+        return {type(value)}.union(*(plain_types(item) for item in value))
+    return {torch.Tensor if isinstance(value, torch.Tensor) else type(value)}
+
+
+def test_a_checkpoint_is_tensors_and_plain_values_only(tmp_path):
+    state = make_state()
+    train_a_step(state)
+    state.end_epoch(record(1, 0.5), early_stopping_patience=3)
+    path = state.save(tmp_path)
+    checkpoint = torch.load(path, weights_only=True)  # raises on any other pickled object
+    assert plain_types(checkpoint) <= set(PLAIN_VALUES), plain_types(checkpoint) - set(PLAIN_VALUES)
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_naming_the_file_and_never_run(tmp_path):
+    marker = tmp_path / "code-ran"
+    identity = make_state().identity
+    torch.save({**identity, "epoch": 1, "rng": CodeOnLoad(marker)}, tmp_path / checkpoints.CHECKPOINT_FILE)
+    with pytest.raises(TrainingError) as refused:
+        make_state().resume(tmp_path)
+    message = str(refused.value)
+    assert f"refusing checkpoint {tmp_path / checkpoints.CHECKPOINT_FILE}" in message
+    assert "mkdir" in message  # the object it refused
+    assert not marker.exists()
 
 
 def test_nothing_to_resume_and_another_runs_checkpoint(tmp_path):
