@@ -43,18 +43,24 @@ def learnable_dataset(tmp_path_factory) -> Path:
     return tiny_dataset(tmp_path_factory.mktemp("learnable"), {"train": 16, "valid": 8, "test": 2})
 
 
-HEAD_ONLY = {**TINY, "fine-tune": "head", "epochs": 3, "batch-size": 8}
+# Only the head trains, on top of fixed (ImageNet-shaped, random) weights: the trainer refuses to
+# freeze layers it initialised at random itself.
+HEAD_ONLY = {
+    **TINY, "pretrained": True, "fine-tune": "head", "optimizer": "sgd", "epochs": 3, "batch-size": 8,
+}
 
 
 @pytest.fixture(scope="session")
-def healthy_run(learnable_dataset, tmp_path_factory) -> Path:
+def healthy_run(learnable_dataset, imagenet_weights_file, tmp_path_factory) -> Path:
     """The new head learns the classes: both losses fall."""
     out = tmp_path_factory.mktemp("healthy_run") / "out"
-    return real_run(learnable_dataset, out, {**HEAD_ONLY, "learning-rate": 0.01}, SAVE_INTERVAL)
+    hyperparameters = {**HEAD_ONLY, "weights-path": str(imagenet_weights_file), "learning-rate": 0.01}
+    return real_run(learnable_dataset, out, hyperparameters, SAVE_INTERVAL)
 
 
 @pytest.fixture(scope="session")
-def no_learning_run(learnable_dataset, tmp_path_factory) -> Path:
+def no_learning_run(learnable_dataset, imagenet_weights_file, tmp_path_factory) -> Path:
     """The same run with a learning rate so small that nothing moves."""
     out = tmp_path_factory.mktemp("no_learning_run") / "out"
-    return real_run(learnable_dataset, out, {**HEAD_ONLY, "learning-rate": 1e-6}, SAVE_INTERVAL)
+    hyperparameters = {**HEAD_ONLY, "weights-path": str(imagenet_weights_file), "learning-rate": 1e-6}
+    return real_run(learnable_dataset, out, hyperparameters, SAVE_INTERVAL)
