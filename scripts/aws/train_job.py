@@ -47,6 +47,7 @@ class TrainingJobSpec:
     checkpoint_uri: str
     hyperparameters: dict[str, str] = field(default_factory=dict)
     resources: JobResources = field(default_factory=JobResources)
+    input_mode: str = "File"  # or FastFile (jobs.INPUT_MODES)
     debugger_save_interval: int = DEFAULT_SAVE_INTERVAL
     debugger: bool = True  # the hook and the five built-in rules
     profiler: bool = True  # system monitoring and the ProfilerReport rule
@@ -82,17 +83,12 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         "RoleArn": spec.role_arn,
         "AlgorithmSpecification": {
             "TrainingImage": spec.image_uri,
-            "TrainingInputMode": "File",
+            "TrainingInputMode": spec.input_mode,
             "MetricDefinitions": [dict(d) for d in metrics.METRIC_DEFINITIONS],
             "EnableSageMakerMetricsTimeSeries": True,
         },
         "HyperParameters": dict(spec.hyperparameters),
-        "InputDataConfig": [{
-            "ChannelName": jobs.CHANNEL,
-            "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": spec.data_uri, "S3DataDistributionType": "FullyReplicated",
-            }},
-        }],
+        "InputDataConfig": [jobs.input_channel(spec.data_uri, spec.input_mode)],
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
         "ResourceConfig": {
             "InstanceType": resources.instance_type,
@@ -219,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_uri=config.checkpoint_uri(job_name),
             hyperparameters=hyperparameters,
             resources=resources,
+            input_mode=args.input_mode,
             debugger_save_interval=args.debugger_save_interval,
             debugger=args.debugger,
             profiler=args.profiler,

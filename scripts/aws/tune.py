@@ -94,7 +94,7 @@ def early_stopping_type(strategy: str, requested: str | None) -> str:
 
 def build_tuner(context: AwsContext, image_uri: str, strategy: str, static: dict[str, str],
                 resources: JobResources, max_jobs: int, max_parallel_jobs: int,
-                early_stopping: str | None = None):
+                early_stopping: str | None = None, input_mode: str = "File"):
     """A v3 ``HyperparameterTuner`` over a ``ModelTrainer`` on our image (nothing is sent yet)."""
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.shapes import HyperbandStrategyConfig, HyperParameterTuningJobStrategyConfig
@@ -109,6 +109,7 @@ def build_tuner(context: AwsContext, image_uri: str, strategy: str, static: dict
         sagemaker_session=Session(boto_session=context.session),
         role=context.config.role_arn,
         training_image=image_uri,
+        training_input_mode=jobs.check_input_mode(input_mode),  # the data channel inherits it
         compute=Compute(
             instance_type=resources.instance_type,
             instance_count=resources.instance_count,
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             image = ecr.image_for(context, "train", args.image_tag)
             job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME, TUNING_JOB_NAME_LIMIT)
             tuner = build_tuner(context, image, args.strategy, static, resources, args.max_jobs,
-                                args.max_parallel_jobs, args.early_stopping)
+                                args.max_parallel_jobs, args.early_stopping, args.input_mode)
             tuner.tune(inputs={jobs.CHANNEL: data}, job_name=job_name, wait=False)
             print(f"started tuning job {job_name} ({args.strategy}, {args.max_jobs} trials on {image})",
                   file=sys.stderr)
