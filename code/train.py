@@ -102,8 +102,9 @@ def select_device() -> torch.device:
     return torch.device("cuda")
 
 
-def select_workers(requested: int | None, device: torch.device) -> int:
-    """Data-loader worker processes: as asked, else one per CPU to feed a GPU, and none on a CPU.
+def select_workers(requested: int | None, device: torch.device, streaming: bool = False) -> int:
+    """Data-loader worker processes: as asked, else one per CPU to feed a GPU or to wait on files
+    streaming from S3 (FastFile), and none when a CPU trains on local files.
 
     Training on the CPU, the model step already runs on every core (intra-op threads); worker
     processes would compete with it for the same cores, and decoding a batch costs a few percent
@@ -111,7 +112,7 @@ def select_workers(requested: int | None, device: torch.device) -> int:
     """
     if requested is not None:
         return requested
-    return sagemaker_env.num_cpus() if device.type == "cuda" else 0
+    return sagemaker_env.num_cpus() if device.type == "cuda" or streaming else 0
 
 
 class Tally:
@@ -333,13 +334,12 @@ def run(args: argparse.Namespace) -> None:
     export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
     seed_everything(args.seed)
     device = select_device()
-    workers = select_workers(args.workers, device)
+    streaming = "FastFile" in sagemaker_env.check_input_modes().values()
+    workers = select_workers(args.workers, device, streaming)
     logger.info(
         "device %s (%d torch threads), %d data-loader workers, hyperparameters %s",
         device, torch.get_num_threads(), workers, vars(args),
     )
-
-    sagemaker_env.check_input_modes()
     data = load_splits(sagemaker_env.channels())
     loaders = build_loaders(
         data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda",

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training augmentation: none, light (random shift, no flip: any dataset), "
                            "standard (random resized crop and flip: natural photos)")
     data.add_argument("--workers", type=_non_negative_int, default=None,
-                      help="data-loader workers (default: SM_NUM_CPUS with a GPU, 0 on a CPU)")
+                      help="data-loader workers (default: SM_NUM_CPUS with a GPU or FastFile input, "
+                           "0 on a CPU with local files)")
     data.add_argument("--max-bad-image-fraction", type=_fraction, default=0.01,
                       help="fail when more than this fraction of a split's images cannot be read")
 

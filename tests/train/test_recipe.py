@@ -117,6 +117,7 @@ def test_workers_feed_a_gpu_but_leave_a_cpus_cores_to_the_model_step(monkeypatch
     monkeypatch.setenv("SM_NUM_CPUS", "8")
     assert train.select_workers(None, torch.device("cpu")) == 0
     assert train.select_workers(None, torch.device("cuda")) == 8
+    assert train.select_workers(None, torch.device("cpu"), streaming=True) == 8  # reads wait on S3
     assert train.select_workers(3, torch.device("cpu")) == 3
 
 
