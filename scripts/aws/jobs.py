@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier import metrics
 from classifier.dataset import COMBINED_CHANNEL
 from classifier.hyperparameters import as_sagemaker_strings, build_parser, parse_name_value_pairs
 from scripts.aws.settings import AwsContext, LaunchError
@@ -41,12 +42,44 @@ class JobResources:
         if self.spot and self.max_wait_seconds is not None and self.max_wait_seconds < self.max_run_seconds:
             raise LaunchError("the spot wait limit must be at least the run limit (--max-wait-hours)")
 
+    def resource_config(self) -> dict:
+        """The API's ResourceConfig."""
+        return {"InstanceType": self.instance_type, "InstanceCount": self.instance_count,
+                "VolumeSizeInGB": self.volume_gb}
+
     def stopping_condition(self) -> dict[str, int]:
         """The API's StoppingCondition; spot jobs wait up to twice their run time unless told."""
         condition = {"MaxRuntimeInSeconds": self.max_run_seconds}
         if self.spot:
             condition["MaxWaitTimeInSeconds"] = self.max_wait_seconds or 2 * self.max_run_seconds
         return condition
+
+
+def check_input_mode(input_mode: str) -> str:
+    if input_mode not in INPUT_MODES:
+        raise LaunchError(f"input mode {input_mode!r} is not supported; expected one of {INPUT_MODES}")
+    return input_mode
+
+
+def algorithm_specification(image_uri: str, input_mode: str = "File") -> dict:
+    """Our image, in ``input_mode``, with the regexes SageMaker reads the trainer's metric lines with."""
+    return {
+        "TrainingImage": image_uri,
+        "TrainingInputMode": check_input_mode(input_mode),
+        "MetricDefinitions": [dict(definition) for definition in metrics.METRIC_DEFINITIONS],
+    }
+
+
+def input_data_config(data_uri: str, input_mode: str = "File") -> list[dict]:
+    """The one data channel: the dataset's S3 prefix, copied whole to every instance (``File``) or
+    streamed from S3 as files are read (``FastFile``)."""
+    return [{
+        "ChannelName": CHANNEL,
+        "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": "FullyReplicated",
+        }},
+        "InputMode": check_input_mode(input_mode),
+    }]
 
 
 def resources_from_args(args: argparse.Namespace) -> JobResources:
@@ -77,24 +110,6 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             "stream from S3 on first read (large datasets: no copy, no volume to size)")
     parser.add_argument("hyperparameters", nargs=argparse.REMAINDER,
                         help="after --: trainer hyperparameters as '--name value' pairs")
-
-
-def check_input_mode(input_mode: str) -> str:
-    if input_mode not in INPUT_MODES:
-        raise LaunchError(f"input mode {input_mode!r} is not supported; expected one of {INPUT_MODES}")
-    return input_mode
-
-
-def input_channel(data_uri: str, input_mode: str = "File") -> dict:
-    """The job's one data channel (an InputDataConfig entry; pure): the S3 prefix, in ``input_mode``."""
-    check_input_mode(input_mode)
-    return {
-        "ChannelName": CHANNEL,
-        "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": "FullyReplicated",
-        }},
-        "InputMode": input_mode,
-    }
 
 
 def hyperparameter_args(remainder: list[str]) -> dict[str, str]:

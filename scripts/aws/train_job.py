@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import botocore.exceptions
 
-from classifier import metrics, sagemaker_env
+from classifier import sagemaker_env
 from classifier.hyperparameters import build_parser
 from scripts.aws import custom_rules, debugger_config, ecr, jobs, settings
 from scripts.aws.jobs import JobResources
@@ -82,19 +82,13 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         "TrainingJobName": spec.job_name,
         "RoleArn": spec.role_arn,
         "AlgorithmSpecification": {
-            "TrainingImage": spec.image_uri,
-            "TrainingInputMode": spec.input_mode,
-            "MetricDefinitions": [dict(d) for d in metrics.METRIC_DEFINITIONS],
+            **jobs.algorithm_specification(spec.image_uri, spec.input_mode),
             "EnableSageMakerMetricsTimeSeries": True,
         },
         "HyperParameters": dict(spec.hyperparameters),
-        "InputDataConfig": [jobs.input_channel(spec.data_uri, spec.input_mode)],
+        "InputDataConfig": jobs.input_data_config(spec.data_uri, spec.input_mode),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
-        "ResourceConfig": {
-            "InstanceType": resources.instance_type,
-            "InstanceCount": resources.instance_count,
-            "VolumeSizeInGB": resources.volume_gb,
-        },
+        "ResourceConfig": resources.resource_config(),
         "StoppingCondition": resources.stopping_condition(),
         "EnableManagedSpotTraining": resources.spot,
         # Synced to S3 while the job runs; a spot job interrupted and restarted resumes from it.
