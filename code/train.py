@@ -38,13 +38,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifier import checkpoints, export, models, optimization, sagemaker_env
-from classifier.artifact import RESOURCE_USAGE_FILE
+from classifier import checkpoints, export, models, optimization, quantize, sagemaker_env
+from classifier.artifact import LIVE_EVIDENCE_DIR, RESOURCE_USAGE_FILE
+from classifier.bad_images import CountingLoader
 from classifier.checkpoint_writer import CheckpointWriter
 from classifier.checkpoints import StopSignal
-from classifier.data import ImageFolderSplits, bad_image_counts, build_loaders, load_splits
+from classifier.data import ImageFolderSplits, bad_image_counts, build_loaders, load_splits, readable_splits
 from classifier.debugger import Debugger
 from classifier.errors import TrainingError
+from classifier.evidence import TrainingEvidence
 from classifier.hyperparameters import build_parser
 from classifier.metrics import TOP_K, format_epoch_line, format_test_line
 from classifier.resources import ResourceSampler
@@ -251,10 +253,12 @@ def train_epochs(
     debugger: Debugger,
     stop: StopSignal,
     checkpoint_dir: Path,
+    evidence: TrainingEvidence,
 ) -> None:
     """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each
     (written in the background while the next epoch trains; on the way out, an error included, the
-    process waits for it: the writer's thread is not a daemon)."""
+    process waits for it: the writer's thread is not a daemon), and the evidence (step timings,
+    epochs so far, their live copy)."""
     writer = CheckpointWriter(checkpoint_dir)
     stopping = EarlyStopping.after_warmup(
         args.early_stopping_patience, args.early_stopping_min_delta, args.warmup_epochs
@@ -265,8 +269,8 @@ def train_epochs(
         debugger.train()
         batches = announcing_first_batch(loaders["train"]) if epoch == first_epoch else loaders["train"]
         train_loss, train_accuracy = train_one_epoch(
-            state.model, batches, criterion, state.optimizer, state.scaler, device, stop,
-            args.gradient_clip_norm,
+            state.model, evidence.timed(batches, epoch), criterion, state.optimizer, state.scaler, device,
+            stop, args.gradient_clip_norm,
         )
         trained = time.monotonic()
         if stop.requested:
@@ -289,6 +293,7 @@ def train_epochs(
             "learning_rate": learning_rate, "seconds": round(validated - started, 3),
         }, stopping)
         path = writer.save(state, at_epoch_end=True)
+        evidence.end_epoch(state.history)
         done = time.monotonic()
         logger.info(
             "epoch %d/%d done in %.1f s (train %.1f s, validation %.1f s, checkpoint %.1f s; learning rate "
@@ -309,9 +314,10 @@ def train_epochs(
 
 def export_best_weights(
     args: argparse.Namespace, state: TrainingState, data: ImageFolderSplits, test: dict[str, float],
-    bad_images: dict[str, int],
+    loaders: dict[str, CountingLoader],
 ) -> None:
-    """Writes the artifact: a fresh network (no debugger hooks) holding the best weights, and the metrics."""
+    """Writes the artifact: a fresh network (no debugger hooks) holding the best weights, the metrics
+    (with the unreadable images the loaders found), and the OpenVINO models (on the readable images)."""
     num_classes = len(data.class_folders)
     serving_model = models.architecture(args.model_name, num_classes)
     serving_model.load_state_dict(state.best.state)
@@ -321,10 +327,13 @@ def export_best_weights(
         best_epoch=state.best.epoch,
         test=test,
         num_classes=num_classes,
-        bad_images=bad_images,
+        bad_images=bad_image_counts(loaders),
     )
+    readable = readable_splits(data, loaders)
+    quantization = quantize.quantization_data(readable, args.calibration_images, args.seed)
     export.write_artifact(
-        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR
+        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR,
+        quantization if args.quantize else None,
     )
 
 
@@ -361,8 +370,14 @@ def run(args: argparse.Namespace) -> None:
         local_default=args.debugger,
     )
     debugger.watch(state.model, criterion)  # after freezing: frozen layers get no gradient hooks
-    with ResourceSampler(sagemaker_env.output_data_dir() / RESOURCE_USAGE_FILE, args.resource_sample_seconds):
-        train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir)
+    evidence = TrainingEvidence(
+        sagemaker_env.output_data_dir(), checkpoint_dir / LIVE_EVIDENCE_DIR, state.history
+    )
+    # The sampler stops first, so that the evidence's last live copy holds its last sample.
+    with evidence, ResourceSampler(
+        evidence.folder / RESOURCE_USAGE_FILE, args.resource_sample_seconds, origin=evidence.origin
+    ):
+        train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir, evidence)
         state.model.load_state_dict(state.best.state)
         debugger.eval()
         test_loss, test_accuracy, test_top5 = evaluate(state.model, loaders["test"], criterion, device)
@@ -373,7 +388,7 @@ def run(args: argparse.Namespace) -> None:
         if loader.bad_images.summary():
             logger.warning("%s", loader.bad_images.summary())
     test = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_top5_accuracy": test_top5}
-    export_best_weights(args, state, data, test, bad_image_counts(loaders))
+    export_best_weights(args, state, data, test, loaders)
     logger.info("training complete: best epoch %d, test accuracy %.4f", state.best.epoch, test_accuracy)
 
 

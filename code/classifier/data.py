@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -137,3 +137,15 @@ def build_loaders(
 def bad_image_counts(loaders: Mapping[str, CountingLoader]) -> dict[str, int]:
     """Unreadable images found so far, per split (whole once every split has been read once)."""
     return {name: loader.bad_images.count for name, loader in loaders.items()}
+
+
+def readable_splits(data: ImageFolderSplits, loaders: Mapping[str, CountingLoader]) -> dict[str, Split]:
+    """Each split without the images its loader found unreadable: for passes over the images outside
+    the loaders (the int8 calibration and evaluation at export)."""
+    readable = {}
+    for name, split in data.splits.items():
+        unreadable = loaders[name].bad_images.found
+        readable[name] = replace(
+            split, samples=[sample for index, sample in enumerate(split.samples) if index not in unreadable]
+        )
+    return readable

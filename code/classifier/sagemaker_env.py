@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from classifier.artifact import TENSORS_DIR
 from classifier.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ def checkpoint_dir() -> Path:
 
 
 def debugger_out_dir() -> Path:
-    """Where the local smdebug hook writes when SageMaker gave no Debugger configuration."""
-    return output_dir() / "tensors"
+    """Where the local smdebug hook writes when SageMaker gave no Debugger configuration: in the
+    output data folder, which SageMaker uploads (``output.tar.gz``) with or without Debugger."""
+    return output_data_dir() / TENSORS_DIR
 
 
 def debugger_config_file() -> Path:

@@ -20,7 +20,9 @@ The ``hook`` section, in one process, on one generated dataset, with one seed, f
   (``classifier.debugger`` with the default save interval). The two take turns step by step
   (ABBA order), so both see the same load on a shared machine; the hook's cost is the
   difference in total time over all steps, save steps included. CPU time is reported too:
-  it is less sensitive to other processes than wall time.
+  it is less sensitive to other processes than wall time;
+* step timing: what ``classifier.step_timing`` adds to each training step (the trainer times
+  every step), from an empty loop timed against the bare loop.
 
 Writes a Markdown report (default ``benchmarks/train.md``).
 """
@@ -46,8 +48,9 @@ import train
 from classifier import models, optimization, sagemaker_env
 from classifier.checkpoints import StopSignal
 from classifier.data import build_loaders, load_splits
-from classifier.debugger import LOCAL_COLLECTIONS, Debugger
+from classifier.debugger import TRAIN_ONLY_COLLECTIONS, Debugger
 from classifier.hyperparameters import build_parser
+from classifier.step_timing import StepTimer
 from scripts.bench import recipe, startup, suspects
 from scripts.datasets.sample import make_dataset
 
@@ -55,6 +58,8 @@ DEFAULTS = build_parser().parse_args([])
 CPU = torch.device("cpu")
 WARMUP_STEPS = 2
 SECTIONS = ("recipe", "startup", "hook")
+# The default policy for a random initialisation (the hook section has no ImageNet weights).
+HOOK_FINE_TUNE = models.resolve_fine_tune(DEFAULTS.fine_tune, pretrained=False)
 
 
 def loader_throughput(loader, passes: int) -> float:
@@ -96,7 +101,7 @@ class Variant:
 
 def build_variant(model_name: str, num_classes: int, seed: int, debugger: Debugger) -> Variant:
     torch.manual_seed(seed)
-    return Variant(models.build_model(model_name, num_classes, fine_tune=DEFAULTS.fine_tune), debugger)
+    return Variant(models.build_model(model_name, num_classes, fine_tune=HOOK_FINE_TUNE), debugger)
 
 
 def measure(args: argparse.Namespace, data, image_size: int, workdir: Path) -> dict:
@@ -144,13 +149,30 @@ def measure(args: argparse.Namespace, data, image_size: int, workdir: Path) -> d
     }
 
 
+def step_timer_cost_us(workdir: Path, steps: int = 100_000, repeats: int = 5) -> float:
+    """Microseconds the step timer adds to one step: an empty loop, timed, against the bare loop
+    (the best of a few tries each: the least disturbed by other processes)."""
+    def seconds(batches) -> float:
+        started = time.perf_counter()
+        for _ in batches:
+            pass
+        return time.perf_counter() - started
+
+    timer = StepTimer(workdir / "step-timings.jsonl")
+    bare = min(seconds(range(steps)) for _ in range(repeats))
+    timed = min(seconds(timer.timed(range(steps), epoch=1)) for _ in range(repeats))
+    timer.flush()
+    return max(timed - bare, 0.0) / steps * 1e6
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     align = ["---"] + ["---:"] * (len(header) - 1)
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
 
 
-def hook_report(args: argparse.Namespace, results: list[dict]) -> str:
-    """The ``hook`` section: the smdebug hook's cost, data loading against model steps."""
+def hook_report(args: argparse.Namespace, results: list[dict], timer_us: float) -> str:
+    """The ``hook`` section: the smdebug hook's cost, data loading against model steps, the step
+    timer's cost."""
     workers = sagemaker_env.num_cpus()
     hook_table = markdown_table(
         ["image size", "no hook, images/s", "default hook, images/s", "overhead: wall", "CPU",
@@ -168,14 +190,14 @@ def hook_report(args: argparse.Namespace, results: list[dict]) -> str:
     )
     return f"""## smdebug hook cost
 
-Setup: {args.model_name} (fine-tune `{DEFAULTS.fine_tune}`, {DEFAULTS.optimizer}), batch {args.batch_size},
-seed {args.seed}, crops from {args.source_size} px JPEGs; {args.steps} timed steps per variant
-after {WARMUP_STEPS} warmup steps, the two variants alternating step by step; {args.threads} torch
+Setup: {args.model_name} from a random initialisation (fine-tune `{HOOK_FINE_TUNE}`, {DEFAULTS.optimizer}),
+batch {args.batch_size}, seed {args.seed}, crops from {args.source_size} px JPEGs; {args.steps} timed steps
+per variant after {WARMUP_STEPS} warmup steps, the two variants alternating step by step; {args.threads} torch
 thread(s) for the model steps (on a shared machine, more threads than free cores make OpenMP
 spin and step times swing tenfold).
 
-The local default hook saves {", ".join(LOCAL_COLLECTIONS)} every {args.save_interval} steps
-(weights, biases and gradients in TRAIN mode only). Overhead = extra training time with
+The local default hook saves the loss every step and {", ".join(TRAIN_ONLY_COLLECTIONS)} every
+{args.save_interval} steps (in TRAIN mode only). Overhead = extra training time with
 the hook, save steps included (target: at most +10%), three ways: total wall time, total CPU
 time, and an estimate that other processes' load barely moves: the median extra time of a
 step that saves nothing (each step of the hooked network is paired with the same batch on the
@@ -191,6 +213,12 @@ interval in proportion to keep the second term small.
 ## Data loading against model steps
 
 {loader_table}
+
+## Step timing cost
+
+The trainer times every training step (`classifier/step_timing.py`: three clock readings, a
+record kept in memory, JSON lines appended 200 steps at a time): **{timer_us:.1f} µs per step**,
+{timer_us / 1000 / results[0]['step_ms']:.4%} of the median model step above ({results[0]['step_ms']:.0f} ms).
 """
 
 
@@ -247,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         root = make_dataset(workdir / "data", 5, counts, size=args.source_size, seed=args.seed)
         data = load_splits({"training": root})
         results = [measure(args, data, size, workdir) for size in args.image_sizes]
-        sections.append(hook_report(args, results))
+        sections.append(hook_report(args, results, step_timer_cost_us(workdir)))
         verdicts.append("The smdebug hook (local default) costs " + ", ".join(
             f"{r['overhead_estimate']:+.1%} at {r['image_size']} px" for r in results) + " of training time.")
 

@@ -6,7 +6,8 @@
 OUT is laid out like ``/opt/ml`` (``scripts.local.opt_ml.lay_out``, ``code/`` copied in), then the
 training toolkit's ``train`` command from ``.venv/train`` runs with ``SAGEMAKER_BASE_DIR=OUT``
 and ``SAGEMAKER_PROGRAM=train.py``. Afterwards OUT holds ``model/``, ``output/success`` or
-``output/failure``, ``output/tensors/`` (smdebug), ``output/data/`` and ``checkpoints/``.
+``output/failure``, ``output/data/`` (the trainer's evidence, smdebug tensors included) and
+``checkpoints/``.
 
 One channel (default ``training``) gets DATA itself; several channels (``train valid test``)
 get ``DATA/<channel>`` each. SIGTERM/SIGINT go to the whole process group, as ``docker stop``
