@@ -12,7 +12,8 @@ hyperparameter at its default. In one invocation:
 * the trainer again at the other ends of the tuner's learning-rate range (0.01, 0.1).
 
 Both are timed from process start to exit. The trainer's own log gives the breakdown: start-up
-(to the first batch), training steps, validation, checkpoints, and the finish (test, export, exit).
+(to the first batch), training steps, validation, checkpoints, and the finish (test, export, exit),
+the OpenVINO int8 export apart (the plain loop exports nothing: the goal leaves it out).
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ TARGET_RATIO = 1.15
 SWEEP_LEARNING_RATES = (0.01, 0.1)
 RUN_TIMEOUT_S = 3 * 3600
 
-_EPOCH_DONE = re.compile(
-    r"epoch (\d+)/\d+ done in ([\d.]+) s \(train ([\d.]+) s, validation ([\d.]+) s, checkpoint ([\d.]+) s"
+EPOCH_DONE = re.compile(
+    r"epoch (\d+)/\d+ done in ([\d.]+) s \(train ([\d.]+) s, validation ([\d.]+) s, "
+    r"checkpoint and evidence ([\d.]+) s"
 )
-_FIRST_BATCH = "first training batch ready"
-_COMPLETE = "training complete"
-_WORKERS = re.compile(r"device \S+ \((\d+) torch threads\), (\d+) data-loader workers")
+FIRST_BATCH = "first training batch ready"
+COMPLETE = "training complete"
+WORKERS = re.compile(r"device \S+ \((\d+) torch threads\), (\d+) data-loader workers")
+# classifier.quantize's last line: the OpenVINO fp32 + int8 export (conversion, calibration, evaluation).
+OPENVINO_DONE = re.compile(r"OpenVINO models: .* in ([\d.]+) s")
+OPENVINO_ROW = "OpenVINO fp32 + int8 export (the plain loop exports nothing)"
 
 
 @dataclass
@@ -59,6 +64,7 @@ class TrainerRun:
     epochs: list[dict] = field(default_factory=list)  # epoch, train_s, valid_s, checkpoint_s
     threads: int | None = None
     workers: int | None = None
+    openvino_s: float = 0.0  # the int8 export's own seconds (hyperparameter quantize), part of the finish
     metrics: dict = field(default_factory=dict)
     log_tail: str = ""
 
@@ -76,10 +82,16 @@ class TrainerRun:
             "start-up (process start to the first batch)": start_s,
             "training steps": train_s,
             "validation": valid_s,
-            "checkpoints": checkpoint_s,
-            "test, export, exit": finish_s,
+            "checkpoints and evidence": checkpoint_s,
+            "test, export, exit": finish_s - self.openvino_s,
+            OPENVINO_ROW: self.openvino_s,
             "other": self.total_s - start_s - train_s - valid_s - checkpoint_s - finish_s,
         }
+
+    @property
+    def training_s(self) -> float:
+        """Wall time without the OpenVINO export: what the plain loop's wall time compares with."""
+        return self.total_s - self.openvino_s
 
 
 def run_trainer(data: Path, out: Path, hyperparameters: dict) -> TrainerRun:
@@ -92,18 +104,20 @@ def run_trainer(data: Path, out: Path, hyperparameters: dict) -> TrainerRun:
         for line in process.stdout:
             now = time.monotonic() - started
             lines.append(line)
-            if run.first_batch_s is None and _FIRST_BATCH in line:
+            if run.first_batch_s is None and FIRST_BATCH in line:
                 run.first_batch_s = now
-            elif match := _EPOCH_DONE.search(line):
+            elif match := EPOCH_DONE.search(line):
                 run.epochs.append({
                     "epoch": int(match.group(1)), "train_s": float(match.group(3)),
                     "valid_s": float(match.group(4)), "checkpoint_s": float(match.group(5)),
                 })
                 run.last_epoch_end_s = now
-            elif _COMPLETE in line:
+            elif COMPLETE in line:
                 run.complete_s = now
-            elif match := _WORKERS.search(line):
+            elif match := WORKERS.search(line):
                 run.threads, run.workers = int(match.group(1)), int(match.group(2))
+            elif match := OPENVINO_DONE.search(line):
+                run.openvino_s = float(match.group(1))
         run.returncode = process.wait(timeout=RUN_TIMEOUT_S)
     except BaseException:
         stop_training(process, 9)
@@ -131,8 +145,9 @@ class PlainRun:
             "start-up (process start to the first batch)": start_s,
             "training steps": train_s,
             "validation": 0.0,
-            "checkpoints": 0.0,
+            "checkpoints and evidence": 0.0,
             "test, export, exit": self.total_s - start_s - train_s,
+            OPENVINO_ROW: 0.0,
             "other": 0.0,
         }
 
@@ -189,15 +204,16 @@ def _accuracy(value: float | None) -> str:
 def verdict(results: RecipeResults) -> str:
     """The one-line summary for the top of the report."""
     trainer, plain = results.trainer, results.plain
-    ratio = trainer.total_s / plain.total_s
+    ratio = trainer.training_s / plain.total_s
     reached = (trainer.test_accuracy or 0) >= TARGET_ACCURACY
     met = ratio <= TARGET_RATIO and (trainer.test_accuracy or 0) >= plain.test_accuracy
     return (
         f"From scratch with the defaults the trainer reached **{_accuracy(trainer.test_accuracy)}** test "
         f"accuracy ({'meets' if reached else 'misses'} the {TARGET_ACCURACY:.0%} target) in "
-        f"{trainer.total_s:.0f} s: **{ratio:.2f}x** the plain loop's {plain.total_s:.0f} s "
+        f"{trainer.training_s:.0f} s: **{ratio:.2f}x** the plain loop's {plain.total_s:.0f} s "
         f"(accuracy {plain.test_accuracy:.3f}; goal at most {TARGET_RATIO}x at equal or better accuracy: "
-        f"{'met' if met else 'not met'})."
+        f"{'met' if met else 'not met'}); the OpenVINO int8 export added {trainer.openvino_s:.0f} s "
+        f"({trainer.total_s / plain.total_s:.2f}x with it)."
     )
 
 
@@ -210,12 +226,16 @@ def markdown(results: RecipeResults) -> str:
         ["", "trainer, s", "plain loop, s", "difference, s"],
         [[name, f"{ours[name]:.1f}", f"{theirs[name]:.1f}", f"{ours[name] - theirs[name]:+.1f}"]
          for name in ours] + [[
-            "**total (wall)**", f"**{trainer.total_s:.1f}**", f"**{plain.total_s:.1f}**",
-            f"**{trainer.total_s - plain.total_s:+.1f}** ({trainer.total_s / plain.total_s:.2f}x)",
+            "total (wall)", f"{trainer.total_s:.1f}", f"{plain.total_s:.1f}",
+            f"{trainer.total_s - plain.total_s:+.1f} ({trainer.total_s / plain.total_s:.2f}x)",
+        ], [
+            "**total without the OpenVINO export**", f"**{trainer.training_s:.1f}**",
+            f"**{plain.total_s:.1f}**",
+            f"**{trainer.training_s - plain.total_s:+.1f}** ({trainer.training_s / plain.total_s:.2f}x)",
         ]],
     )
     per_epoch = _table(
-        ["epoch", "trainer: train, s", "validation, s", "checkpoint, s", "plain loop: train, s"],
+        ["epoch", "trainer: train, s", "validation, s", "checkpoint + evidence, s", "plain loop: train, s"],
         [[str(e["epoch"]), f"{e['train_s']:.1f}", f"{e['valid_s']:.1f}", f"{e['checkpoint_s']:.1f}",
           f"{plain.result['epoch_s'][i]:.1f}" if i < len(plain.result["epoch_s"]) else ""]
          for i, e in enumerate(trainer.epochs)],
@@ -240,7 +260,9 @@ with the local smdebug hook on, validation and a checkpoint every epoch, the bes
 and exported. The plain loop (`scripts/bench/plain_loop.py`) trains the same {CASE["epochs"]} epochs
 with the same model, batch, optimizer and learning rate (constant), {trainer.workers} data-loader
 workers and {trainer.threads} torch threads, no augmentation, and tests once at the end. Both are
-timed from process start to exit.
+timed from process start to exit. The trainer's export also converts the best weights to OpenVINO
+and quantizes them to int8 (hyperparameter `quantize`, on by default: fast CPU serving); the plain
+loop has no counterpart of it, so the goal compares the wall times without it.
 
 ### Where the time goes
 

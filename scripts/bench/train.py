@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sweep", type=float, nargs="*", default=list(recipe.SWEEP_LEARNING_RATES),
+                        help="other learning rates the recipe section trains with (none: --sweep alone)")
     parser.add_argument("--startup-images", type=int, default=startup.IMAGES,
                         help="images in the start-up section's generated folder")
     parser.add_argument("--model-name", default=DEFAULTS.model_name)
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     sections, verdicts = [], []
     if "recipe" in args.sections:
-        results = recipe.measure(workdir)
+        results = recipe.measure(workdir, tuple(args.sweep))
         found = suspects.measure(results.data, recipe.CASE["image-size"])
         sections.append(recipe.markdown(results) + "\n" + suspects.markdown(found, torch.get_num_threads()))
         verdicts.append(recipe.verdict(results))

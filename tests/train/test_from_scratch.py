@@ -13,6 +13,7 @@ import pytest
 from train_helpers import TRAINING_TIMEOUT_S, fail_with_log
 
 from classifier import artifact, metrics
+from scripts.bench import recipe
 from scripts.datasets.digits import make_digits_dataset
 from scripts.local.train import run_training
 
@@ -40,3 +41,8 @@ def test_from_scratch_with_the_defaults_learns_a_real_dataset(tmp_path):
     epochs_top5 = [e["valid_top5_accuracy"] for e in written["epochs"]]
     assert printed["validation:top5_accuracy"] == pytest.approx(epochs_top5, abs=1e-6)
     assert printed["test:top5_accuracy"] == pytest.approx([test["test_top5_accuracy"]], abs=1e-6)
+    # make bench-train times the same kind of run from these log lines: they must stay readable.
+    assert recipe.FIRST_BATCH in result.stdout and recipe.COMPLETE in result.stdout
+    assert recipe.WORKERS.search(result.stdout)
+    assert len(recipe.EPOCH_DONE.findall(result.stdout)) == len(written["epochs"])
+    assert recipe.OPENVINO_DONE.search(result.stdout)  # the int8 export, which the benchmark sets apart
