@@ -5,8 +5,10 @@ before the first step). Instead the dataset returns an ``Unreadable`` marker for
 fails to decode, the collate function keeps those markers beside the batch, and ``BadImages``
 (one per split, in the training process) books them: the first few are named in the log, a
 split whose unreadable images pass ``max-bad-image-fraction`` of its images, or a class left
-without a readable image, fails the job at once with the reason. Every image is read in the
-first epoch (and in the first evaluation of the other splits), so by then the counts are whole.
+without a readable image, fails the job at once with the reason. The validation and test splits
+are read whole at each evaluation; a training epoch reads all but the last partial batch (dropped,
+and shuffled anew each epoch), so an unread training image may stay uncounted: the int8
+calibration, which reads training images outside the loaders, skips any that fail.
 """
 
 from __future__ import annotations

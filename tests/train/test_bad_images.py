@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from classifier import bad_images, data
+from classifier import bad_images, data, quantize
 from classifier.errors import DatasetError
+from classifier.preprocessing import PreprocessConfig
 from scripts.datasets.sample import class_folder_names, make_dataset
 
 CLASSES = class_folder_names(2)
@@ -83,3 +84,24 @@ def test_a_batch_without_readable_images_is_left_out():
     broken = bad_images.Unreadable(3, "OSError: truncated")
     images, targets, unreadable = bad_images.collate_readable([broken])
     assert len(images) == len(targets) == 0 and unreadable == [broken]
+
+
+def test_export_passes_leave_out_what_loading_found_and_calibration_skips_the_rest(dataset, caplog):
+    """The int8 export reads images outside the loaders: the known unreadable ones are left out, and
+    calibration skips one that no epoch reached."""
+    broken_test = sorted((dataset / "test" / CLASSES[0]).iterdir())[0]
+    break_images([broken_test])
+    loaders = loaders_for(dataset, max_bad_fraction=0.5)
+    for _ in loaders["test"]:
+        pass
+    readable = data.readable_splits(data.load_splits({"training": dataset}), loaders)
+    assert broken_test not in {path for path, _ in readable["test"].samples}
+    assert len(readable["test"].samples) == 7 and len(readable["train"].samples) == 20
+
+    unreached = sorted((dataset / "train" / CLASSES[1]).iterdir())[0]
+    break_images([unreached])
+    paths = [*sorted((dataset / "train" / CLASSES[0]).iterdir())[:4], unreached]
+    with caplog.at_level(logging.WARNING, logger="classifier.quantize"):
+        batches = quantize.calibration_batches(paths, PreprocessConfig.for_image_size(32))
+    assert len(batches) == 4 and all(batch.shape == (1, 3, 32, 32) for batch in batches)
+    assert f"skipping unreadable image {unreached}" in caplog.text
