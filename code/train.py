@@ -296,8 +296,8 @@ def train_epochs(
         evidence.end_epoch(state.history)
         done = time.monotonic()
         logger.info(
-            "epoch %d/%d done in %.1f s (train %.1f s, validation %.1f s, checkpoint %.1f s; learning rate "
-            "%.3g); best epoch %d; checkpoint %s",
+            "epoch %d/%d done in %.1f s (train %.1f s, validation %.1f s, checkpoint and evidence %.1f s; "
+            "learning rate %.3g); best epoch %d; checkpoint %s",
             epoch, args.epochs, done - started, trained - started, validated - trained, done - validated,
             learning_rate, state.best.epoch, path,
         )
