@@ -196,7 +196,7 @@ train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-lo
 	$(TRAIN_PY) -m scripts.local.train --data "$(DATA)" --out "$(OUT)" $(HP)
 
 .PHONY: bench-train
-bench-train: $(TRAIN_ENV) ## training benchmark (smdebug hook cost, loader vs model step) -> benchmarks/train.md
+bench-train: $(TRAIN_ENV) ## from-scratch recipe vs a plain loop, start-up on 100k images, hook cost -> benchmarks/train.md
 	$(TRAIN_PY) -m scripts.bench.train --out benchmarks/train.md
 
 # ---------------------------------------------------------------- containers

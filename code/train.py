@@ -4,7 +4,8 @@ The training toolkit runs ``python train.py --learning-rate 0.01 --epochs 10 ...
 hyperparameters, names in ``classifier/hyperparameters.py``) with the container contract in
 ``SM_*`` variables: input channels, model folder, GPUs and CPUs. This script then
 
-1. reads and checks the data (``classifier.data``),
+1. lists and checks the data (``classifier.data``; images are decoded as they are loaded,
+   unreadable ones skipped and counted by ``classifier.bad_images``),
 2. builds the network (``classifier.models``) and the optimizer and schedule,
 3. trains, validating every epoch, with the smdebug hook watching, a checkpoint after every
    epoch, the best weights by validation loss kept and early stopping (the run's state is one
@@ -27,29 +28,34 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+import psutil
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from classifier import checkpoints, export, models, optimization, quantize, sagemaker_env
 from classifier.artifact import LIVE_EVIDENCE_DIR, RESOURCE_USAGE_FILE
+from classifier.bad_images import CountingLoader
+from classifier.checkpoint_writer import CheckpointWriter
 from classifier.checkpoints import StopSignal
-from classifier.data import ImageFolderSplits, build_loaders, load_splits
+from classifier.data import ImageFolderSplits, bad_image_counts, build_loaders, load_splits, readable_splits
 from classifier.debugger import Debugger
 from classifier.errors import TrainingError
 from classifier.evidence import TrainingEvidence
 from classifier.hyperparameters import build_parser
-from classifier.metrics import format_epoch_line, format_test_line
+from classifier.metrics import TOP_K, format_epoch_line, format_test_line
 from classifier.resources import ResourceSampler
-from classifier.training_state import TrainingState
+from classifier.training_state import EarlyStopping, TrainingState
 
 logger = logging.getLogger("train")
 
 CODE_DIR = Path(__file__).resolve().parent
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class TrainingStopped(Exception):
@@ -98,31 +104,54 @@ def select_device() -> torch.device:
     return torch.device("cuda")
 
 
-class Tally:
-    """Loss and accuracy of a pass, summed on the device (no synchronisation per step)."""
+def select_workers(requested: int | None, device: torch.device, streaming: bool = False) -> int:
+    """Data-loader worker processes: as asked, else one per CPU to feed a GPU or to wait on files
+    streaming from S3 (FastFile), and none when a CPU trains on local files.
 
-    def __init__(self, device: torch.device):
+    Training on the CPU, the model step already runs on every core (intra-op threads); worker
+    processes would compete with it for the same cores, and decoding a batch costs a few percent
+    of a CPU step, so the batch is loaded in the training process itself.
+    """
+    if requested is not None:
+        return requested
+    return sagemaker_env.num_cpus() if device.type == "cuda" or streaming else 0
+
+
+class Tally:
+    """Loss, accuracy and top-k accuracy of a pass, summed on the device (no synchronisation per step)."""
+
+    def __init__(self, device: torch.device, top_k: int = TOP_K):
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.correct_top_k = torch.zeros((), device=device, dtype=torch.long)
+        self.top_k = top_k
         self.seen = 0
 
     def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss_sum += loss.detach().float() * targets.size(0)
         self.correct += (outputs.argmax(dim=1) == targets).sum()
+        # With fewer classes than k, every class is in the top k: top-k accuracy is 1.
+        top = outputs.topk(min(self.top_k, outputs.size(1)), dim=1).indices
+        self.correct_top_k += (top == targets.unsqueeze(1)).any(dim=1).sum()
         self.seen += targets.size(0)
 
     def result(self) -> tuple[float, float]:
         """(mean loss, accuracy)."""
         return self.loss_sum.item() / max(self.seen, 1), self.correct.item() / max(self.seen, 1)
 
+    def top_k_accuracy(self) -> float:
+        return self.correct_top_k.item() / max(self.seen, 1)
+
 
 def forward(
     model: nn.Module, criterion: nn.Module, images: torch.Tensor, targets: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Moves a batch to the device and runs it: (outputs, loss, targets). Mixed precision on CUDA."""
+    """Moves a batch to the device and runs it: (outputs, loss, targets). Mixed precision on CUDA.
+
+    Channels-last on every device: cuDNN's and oneDNN's fastest convolutions use that layout.
+    """
     on_gpu = device.type == "cuda"
-    memory_format = torch.channels_last if on_gpu else torch.preserve_format
-    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
     targets = targets.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.float16, enabled=on_gpu):
         outputs = model(images)
@@ -131,20 +160,27 @@ def forward(
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
     stop: StopSignal,
+    gradient_clip_norm: float = 0.0,
 ) -> tuple[float, float]:
-    """One pass over the training data: (mean loss, accuracy). Ends early when a stop is requested."""
+    """One pass over the training data: (mean loss, accuracy). Ends early when a stop is requested.
+
+    With ``gradient_clip_norm`` > 0 the gradients' global L2 norm is clipped to it before each step.
+    """
     model.train()
     tally = Tally(device)
     for images, targets in loader:
         outputs, loss, targets = forward(model, criterion, images, targets, device)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if gradient_clip_norm > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+            nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_norm)
         scaler.step(optimizer)
         scaler.update()
         tally.add(loss, outputs, targets)
@@ -156,14 +192,28 @@ def train_one_epoch(
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over a split, with the serving preprocessing (the loader's transform)."""
+) -> tuple[float, float, float]:
+    """(mean loss, accuracy, top-5 accuracy) over a split, with the serving preprocessing."""
     model.eval()
     tally = Tally(device)
     for images, targets in loader:
         outputs, loss, targets = forward(model, criterion, images, targets, device)
         tally.add(loss, outputs, targets)
-    return tally.result()
+    return (*tally.result(), tally.top_k_accuracy())
+
+
+def announcing_first_batch(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """``loader``'s batches; the first one logs how long after the process's start it came."""
+    batches = iter(loader)
+    first = next(batches, None)
+    if first is None:
+        return
+    logger.info(
+        "first training batch ready %.1f s after train.py started",
+        time.time() - psutil.Process().create_time(),
+    )
+    yield first
+    yield from batches
 
 
 def check_finite(name: str, value: float, epoch: int) -> None:
@@ -181,8 +231,7 @@ def build_training_state(
     model = models.build_model(
         args.model_name, len(class_folders), args.pretrained, args.weights_path, args.fine_tune
     )
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = optimization.build_optimizer(
         model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay
     )
@@ -207,49 +256,68 @@ def train_epochs(
     evidence: TrainingEvidence,
 ) -> None:
     """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each
-    (and the evidence: step timings, epochs so far, their live copy)."""
+    (written in the background while the next epoch trains; on the way out, an error included, the
+    process waits for it: the writer's thread is not a daemon), and the evidence (step timings,
+    epochs so far, their live copy)."""
+    writer = CheckpointWriter(checkpoint_dir)
+    stopping = EarlyStopping.after_warmup(
+        args.early_stopping_patience, args.early_stopping_min_delta, args.warmup_epochs
+    )
+    first_epoch = state.next_epoch
     while state.next_epoch <= args.epochs and not state.early_stopped:
         epoch, started, learning_rate = state.next_epoch, time.monotonic(), state.learning_rate
         debugger.train()
+        batches = announcing_first_batch(loaders["train"]) if epoch == first_epoch else loaders["train"]
         train_loss, train_accuracy = train_one_epoch(
-            state.model, evidence.timed(loaders["train"], epoch), criterion, state.optimizer, state.scaler,
-            device, stop,
+            state.model, evidence.timed(batches, epoch), criterion, state.optimizer, state.scaler, device,
+            stop, args.gradient_clip_norm,
         )
+        trained = time.monotonic()
         if stop.requested:
             # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
+            writer.wait()
             path = state.save(checkpoint_dir)
             raise TrainingStopped(stop.received, f"during epoch {epoch} of {args.epochs}", path, epoch)
         check_finite("the training loss", train_loss, epoch)
         debugger.eval()
-        valid_loss, valid_accuracy = evaluate(state.model, loaders["valid"], criterion, device)
+        valid_loss, valid_accuracy, valid_top5 = evaluate(state.model, loaders["valid"], criterion, device)
         check_finite("the validation loss", valid_loss, epoch)
         state.scheduler.step()
+        validated = time.monotonic()
 
-        print(format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy), flush=True)
-        seconds = time.monotonic() - started
+        print(format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy, valid_top5),
+              flush=True)
         state.end_epoch({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-            "valid_loss": valid_loss, "valid_accuracy": valid_accuracy,
-            "learning_rate": learning_rate, "seconds": round(seconds, 3),
-        }, args.early_stopping_patience)
-        path = state.save(checkpoint_dir)
+            "valid_loss": valid_loss, "valid_accuracy": valid_accuracy, "valid_top5_accuracy": valid_top5,
+            "learning_rate": learning_rate, "seconds": round(validated - started, 3),
+        }, stopping)
+        path = writer.save(state, at_epoch_end=True)
         evidence.end_epoch(state.history)
+        done = time.monotonic()
         logger.info(
-            "epoch %d/%d done in %.1f s (learning rate %.3g); best epoch %d; checkpoint %s",
-            epoch, args.epochs, seconds, learning_rate, state.best.epoch, path,
+            "epoch %d/%d done in %.1f s (train %.1f s, validation %.1f s, checkpoint and evidence %.1f s; "
+            "learning rate %.3g); best epoch %d; checkpoint %s",
+            epoch, args.epochs, done - started, trained - started, validated - trained, done - validated,
+            learning_rate, state.best.epoch, path,
         )
         if stop.requested:
+            writer.wait()
             raise TrainingStopped(stop.received, f"after epoch {epoch} of {args.epochs}", path, epoch + 1)
         if state.early_stopped:
             logger.info(
-                "early stop: no better validation loss in %d epochs", state.epochs_without_improvement
+                "early stop: no validation loss %.0f%% below %.4f in %d epochs",
+                100 * stopping.min_delta, state.stopping_reference, state.epochs_without_improvement,
             )
+    writer.wait()
 
 
 def export_best_weights(
-    args: argparse.Namespace, state: TrainingState, data: ImageFolderSplits, test: dict[str, float]
+    args: argparse.Namespace, state: TrainingState, data: ImageFolderSplits, test: dict[str, float],
+    loaders: dict[str, CountingLoader],
 ) -> None:
-    """Writes the artifact: a fresh network (no debugger hooks) holding the best weights, and the metrics."""
+    """Writes the artifact: a fresh network (no debugger hooks) holding the best weights, the metrics
+    (with the unreadable images the loaders found), and the OpenVINO models (on the readable images)."""
     num_classes = len(data.class_folders)
     serving_model = models.architecture(args.model_name, num_classes)
     serving_model.load_state_dict(state.best.state)
@@ -259,9 +327,10 @@ def export_best_weights(
         best_epoch=state.best.epoch,
         test=test,
         num_classes=num_classes,
-        bad_images=data.bad_image_counts(),
+        bad_images=bad_image_counts(loaders),
     )
-    quantization = quantize.quantization_data(data.splits, args.calibration_images, args.seed)
+    readable = readable_splits(data, loaders)
+    quantization = quantize.quantization_data(readable, args.calibration_images, args.seed)
     export.write_artifact(
         sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR,
         quantization if args.quantize else None,
@@ -274,11 +343,17 @@ def run(args: argparse.Namespace) -> None:
     export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
     seed_everything(args.seed)
     device = select_device()
-    workers = args.workers if args.workers is not None else sagemaker_env.num_cpus()
-    logger.info("device %s, %d data-loader workers, hyperparameters %s", device, workers, vars(args))
-
-    data = load_splits(sagemaker_env.channels(), args.max_bad_image_fraction, sagemaker_env.num_cpus())
-    loaders = build_loaders(data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda")
+    streaming = "FastFile" in sagemaker_env.check_input_modes().values()
+    workers = select_workers(args.workers, device, streaming)
+    logger.info(
+        "device %s (%d torch threads), %d data-loader workers, hyperparameters %s",
+        device, torch.get_num_threads(), workers, vars(args),
+    )
+    data = load_splits(sagemaker_env.channels())
+    loaders = build_loaders(
+        data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda",
+        max_bad_fraction=args.max_bad_image_fraction, augment=args.augment,
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     state = build_training_state(args, data.class_folders, device)
     checkpoint_dir = sagemaker_env.checkpoint_dir()
@@ -305,11 +380,15 @@ def run(args: argparse.Namespace) -> None:
         train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir, evidence)
         state.model.load_state_dict(state.best.state)
         debugger.eval()
-        test_loss, test_accuracy = evaluate(state.model, loaders["test"], criterion, device)
-        print(format_test_line(test_loss, test_accuracy), flush=True)
+        test_loss, test_accuracy, test_top5 = evaluate(state.model, loaders["test"], criterion, device)
+        print(format_test_line(test_loss, test_accuracy, test_top5), flush=True)
         debugger.close()
 
-    export_best_weights(args, state, data, {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    for loader in loaders.values():
+        if loader.bad_images.summary():
+            logger.warning("%s", loader.bad_images.summary())
+    test = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_top5_accuracy": test_top5}
+    export_best_weights(args, state, data, test, loaders)
     logger.info("training complete: best epoch %d, test accuracy %.4f", state.best.epoch, test_accuracy)
 
 

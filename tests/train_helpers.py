@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-# Tiny and quick on 2 CPU cores, yet it exercises the default recipe's moving parts:
-# ImageNet-style weights from a file, frozen layers (fine-tune last-block), warmup + cosine
-# schedule, a data-loader worker, the local smdebug hook saving every 2 steps.
+# Tiny and quick on 2 CPU cores, yet it exercises the transfer-learning recipe's moving parts:
+# ImageNet-style weights from a file, frozen layers (fine-tune last-block), SGD with warmup + cosine
+# schedule, a data-loader worker, the local smdebug hook saving every 2 steps. (The from-scratch
+# defaults have their own run: tests/train/test_from_scratch.py.)
 TRAINED_RUN_HYPERPARAMETERS = {
     "model-name": "resnet18",
     "pretrained": True,
@@ -17,6 +18,7 @@ TRAINED_RUN_HYPERPARAMETERS = {
     "batch-size": 8,
     "epochs": 3,
     "learning-rate": 0.01,
+    "optimizer": "sgd",
     "warmup-epochs": 1,
     "workers": 1,
     "seed": 0,

@@ -1,9 +1,10 @@
-"""The training data: the checked ImageFolder splits of the input channels, and their loaders.
+"""The training data: the listed ImageFolder splits of the input channels, and their loaders.
 
 The layout rules (splits, class folders, image files) are ``classifier.dataset``'s, shared with
-``make upload-data``. Every image is decoded once up front with the serving decoder
-(``preprocessing.load_image``): unreadable images are skipped and counted, and a split with too
-many of them fails the job.
+``make upload-data``; start-up only lists the files (no image is opened before the first step).
+Images are decoded with the serving decoder (``preprocessing.load_image``) as they are loaded:
+unreadable ones are skipped, counted and named, and a split with too many of them fails the job
+(``classifier.bad_images``). Training augmentation is ``classifier.augmentation``'s.
 """
 
 from __future__ import annotations
@@ -12,46 +13,32 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
+from classifier import augmentation
+from classifier.bad_images import BadImages, CountingLoader, Unreadable, collate_readable
 from classifier.dataset import DatasetListing, class_name, find_split_dirs, list_dataset
-from classifier.errors import DatasetError
-from classifier.preprocessing import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PreprocessConfig, load_image
+from classifier.preprocessing import EvalTransform, PreprocessConfig, load_image
 
 logger = logging.getLogger(__name__)
-
-# How many unreadable images are named in the log and in the failure message.
-BAD_IMAGES_SHOWN = 5
-
-
-def unreadable_reason(path: Path) -> str | None:
-    """Why ``path`` cannot be decoded as serving would decode it, or None if it can."""
-    try:
-        load_image(path)
-    except Exception as error:  # Pillow raises many types for broken files
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split's readable images as ``(path, class index)`` and the unreadable ones with reasons."""
+    """One split's images as ``(path, class index)``, as listed (readable or not)."""
 
     name: str
     root: Path
     samples: list[tuple[Path, int]]
-    bad_images: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ImageFolderSplits:
-    """The checked dataset: class folders (in output order) and the three splits."""
+    """The listed dataset: class folders (in output order) and the three splits."""
 
     class_folders: list[str]
     splits: dict[str, Split]
@@ -60,49 +47,17 @@ class ImageFolderSplits:
     def class_names(self) -> list[str]:
         return [class_name(folder) for folder in self.class_folders]
 
-    def bad_image_counts(self) -> dict[str, int]:
-        return {name: len(split.bad_images) for name, split in self.splits.items()}
 
-
-def _scan_split(
-    name: str, root: Path, listed: list[tuple[Path, int]], class_folders: list[str],
-    max_bad_fraction: float, pool: ThreadPoolExecutor,
-) -> Split:
-    reasons = list(pool.map(lambda sample: unreadable_reason(sample[0]), listed))
-    samples = [sample for sample, reason in zip(listed, reasons, strict=True) if reason is None]
-    bad = [(sample[0], reason) for sample, reason in zip(listed, reasons, strict=True) if reason is not None]
-    for path, reason in bad[:BAD_IMAGES_SHOWN]:
-        logger.warning("skipping unreadable image %s (%s)", path, reason)
-    if bad:
-        logger.warning("split '%s': %d of %d images unreadable, skipped", name, len(bad), len(listed))
-
-    fraction = len(bad) / len(listed)
-    if fraction > max_bad_fraction:
-        raise DatasetError(
-            f"{len(bad)} of {len(listed)} images in split '{name}' ({fraction:.1%}) cannot be read, "
-            f"more than max-bad-image-fraction={max_bad_fraction} allows; first: "
-            + "; ".join(f"{path.relative_to(root)}: {reason}" for path, reason in bad[:BAD_IMAGES_SHOWN])
-        )
-    present = {index for _, index in samples}
-    emptied = [folder for index, folder in enumerate(class_folders) if index not in present]
-    if emptied:
-        raise DatasetError(f"class(es) {emptied} in split '{name}' have no readable images")
-    return Split(name=name, root=root, samples=samples, bad_images=bad)
-
-
-def load_splits(
-    channels: Mapping[str, Path], max_bad_fraction: float, scan_threads: int = 4
-) -> ImageFolderSplits:
-    """Finds and checks the three splits; every image is decoded once to find unreadable ones."""
-    listing: DatasetListing = list_dataset(find_split_dirs(channels))
+def load_splits(channels: Mapping[str, Path]) -> ImageFolderSplits:
+    """Finds, lists and checks the three splits by the dataset rules; opens no image."""
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, scan_threads)) as pool:
-        splits = {
-            name: _scan_split(name, root, listing.images[name], listing.class_folders, max_bad_fraction, pool)
-            for name, root in listing.split_dirs.items()
-        }
+    listing: DatasetListing = list_dataset(find_split_dirs(channels))
+    splits = {
+        name: Split(name=name, root=root, samples=listing.images[name])
+        for name, root in listing.split_dirs.items()
+    }
     logger.info(
-        "data: %d classes; %s images; checked in %.1f s",
+        "data: %d classes; %s images; listed in %.1f s",
         len(listing.class_folders),
         ", ".join(f"{name} {len(split.samples)}" for name, split in splits.items()),
         time.monotonic() - started,
@@ -111,7 +66,10 @@ def load_splits(
 
 
 class ImageDataset(Dataset):
-    """``(transformed image, class index)`` pairs, decoded with the serving decoder."""
+    """``(transformed image, class index)`` pairs, decoded with the serving decoder.
+
+    An image that cannot be decoded comes back as an ``Unreadable`` marker (for ``BadImages``).
+    """
 
     def __init__(self, samples: list[tuple[Path, int]], transform: Callable[..., torch.Tensor]):
         self.samples = samples
@@ -120,19 +78,13 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | Unreadable:
         path, label = self.samples[index]
-        return self.transform(load_image(path)), label
-
-
-def train_transform(image_size: int) -> Callable[..., torch.Tensor]:
-    """Training augmentation (torchvision), normalised like the evaluation transform."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, antialias=True),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+        try:
+            image = load_image(path)
+        except Exception as error:  # Pillow raises many types for broken files; OSError for vanished ones
+            return Unreadable(index, f"{type(error).__name__}: {error}")
+        return self.transform(image), label
 
 
 def eval_transform(image_size: int) -> EvalTransform:
@@ -147,15 +99,25 @@ def _worker_init(worker_id: int) -> None:
 
 
 def build_loaders(
-    data: ImageFolderSplits, image_size: int, batch_size: int, workers: int, pin_memory: bool
-) -> dict[str, DataLoader]:
-    """One loader per split: shuffled and augmented for train, the serving transform otherwise."""
+    data: ImageFolderSplits,
+    image_size: int,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    max_bad_fraction: float = 0.0,
+    augment: str = "light",
+) -> dict[str, CountingLoader]:
+    """One loader per split: shuffled and augmented (``augment`` preset) for train, the serving
+    transform otherwise; each books its split's unreadable images (``loader.bad_images``)."""
     loaders = {}
     for name, split in data.splits.items():
         training = name == "train"
-        transform = train_transform(image_size) if training else eval_transform(image_size)
+        if training:
+            transform = augmentation.train_transform(augment, image_size)
+        else:
+            transform = eval_transform(image_size)
         dataset = ImageDataset(split.samples, transform)
-        loaders[name] = DataLoader(
+        loader = DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=training,
@@ -165,5 +127,25 @@ def build_loaders(
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
             worker_init_fn=_worker_init if workers > 0 else None,
+            collate_fn=collate_readable,
         )
+        bad_images = BadImages(name, split.root, split.samples, data.class_folders, max_bad_fraction)
+        loaders[name] = CountingLoader(loader, bad_images, min_batch_size=2 if training else 1)
     return loaders
+
+
+def bad_image_counts(loaders: Mapping[str, CountingLoader]) -> dict[str, int]:
+    """Unreadable images found so far, per split (whole once every split has been read once)."""
+    return {name: loader.bad_images.count for name, loader in loaders.items()}
+
+
+def readable_splits(data: ImageFolderSplits, loaders: Mapping[str, CountingLoader]) -> dict[str, Split]:
+    """Each split without the images its loader found unreadable: for passes over the images outside
+    the loaders (the int8 calibration and evaluation at export)."""
+    readable = {}
+    for name, split in data.splits.items():
+        unreadable = loaders[name].bad_images.found
+        readable[name] = replace(
+            split, samples=[sample for index, sample in enumerate(split.samples) if index not in unreadable]
+        )
+    return readable

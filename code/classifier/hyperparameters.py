@@ -3,7 +3,9 @@
 The names are a contract: SageMaker passes hyperparameters to the training entry as
 ``--name value`` arguments, the tuner sets ``learning-rate``, ``batch-size`` and ``epochs``,
 and the docs and tests use the same spellings. Defaults are a ResNet50 transfer-learning
-recipe for dogImages on one GPU. Standard library only: the launchers import this module.
+recipe that fits ImageNet-pretrained fine-tuning (dogImages) and training from scratch (the digits
+of ``make bench-train``); the README's table says why each default is what it is. Standard
+library only: the launchers import this module.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from dataclasses import dataclass
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50")
 FINE_TUNE_POLICIES = ("head", "last-block", "all")
-OPTIMIZERS = ("sgd", "adamw")
+# ``auto``: ``last-block`` from ImageNet weights, ``all`` from a random initialisation.
+FINE_TUNE_AUTO = "auto"
+AUGMENT_PRESETS = ("none", "light", "standard")  # classifier.augmentation
+OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -48,6 +53,13 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
     return number
 
 
@@ -94,28 +106,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from ImageNet weights (downloaded, or baked into the image)")
     model.add_argument("--weights-path", default=None,
                        help="a local ImageNet state_dict to use instead of downloading one")
-    model.add_argument("--fine-tune", choices=FINE_TUNE_POLICIES, default="last-block",
-                       help="which layers train: the new head only, the last residual block too, or all")
+    model.add_argument("--fine-tune", choices=(FINE_TUNE_AUTO, *FINE_TUNE_POLICIES), default=FINE_TUNE_AUTO,
+                       help="which layers train: the new head only, the last residual block too, or all; "
+                            "auto: last-block from ImageNet weights, all from a random initialisation")
 
     data = parser.add_argument_group("data")
     data.add_argument("--image-size", type=_positive_int, default=224, help="side of the square crop")
     data.add_argument("--batch-size", type=_positive_int, default=64)
+    data.add_argument("--augment", choices=AUGMENT_PRESETS, default="light",
+                      help="training augmentation: none, light (random shift, no flip: any dataset), "
+                           "standard (random resized crop and flip: natural photos)")
     data.add_argument("--workers", type=_non_negative_int, default=None,
-                      help="data-loader workers (default: from SM_NUM_CPUS)")
+                      help="data-loader workers (default: SM_NUM_CPUS with a GPU or FastFile input, "
+                           "0 on a CPU with local files)")
     data.add_argument("--max-bad-image-fraction", type=_fraction, default=0.01,
                       help="fail when more than this fraction of a split's images cannot be read")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=_positive_int, default=10)
-    optim.add_argument("--learning-rate", type=_positive_float, default=0.01)
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    optim.add_argument("--learning-rate", type=_positive_float, default=0.001)
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight-decay", type=float, default=1e-4)
     optim.add_argument("--label-smoothing", type=_fraction, default=0.1)
     optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
     optim.add_argument("--warmup-epochs", type=_non_negative_int, default=1)
     optim.add_argument("--early-stopping-patience", type=_non_negative_int, default=3,
-                       help="stop after this many epochs without a better validation loss (0: never)")
+                       help="stop after this many epochs after warmup without a better validation loss "
+                            "(0: never)")
+    optim.add_argument("--early-stopping-min-delta", type=_fraction, default=0.01,
+                       help="the relative fall in validation loss that counts as better for early stopping")
+    optim.add_argument("--gradient-clip-norm", type=_non_negative_float, default=0.0,
+                       help="clip the gradients' global L2 norm to this value before each step (0: off)")
     optim.add_argument("--seed", type=_optional_seed, default=None,
                        help="make the run deterministic with this seed")
 

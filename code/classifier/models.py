@@ -10,11 +10,32 @@ from torch import nn
 from torchvision import models
 
 from classifier.errors import TrainingError
+from classifier.hyperparameters import FINE_TUNE_AUTO
 
 logger = logging.getLogger(__name__)
 
 # The layers each fine-tuning policy trains (ResNet module names); all others are frozen.
 TRAINABLE_LAYERS = {"head": ("fc",), "last-block": ("layer4", "fc"), "all": None}
+# What ``fine-tune auto`` means, by whether the network starts from ImageNet weights.
+AUTO_POLICY = {True: "last-block", False: "all"}
+
+
+def resolve_fine_tune(policy: str, pretrained: bool) -> str:
+    """The fine-tuning policy to apply: ``auto`` resolved, a policy that would freeze random layers refused.
+
+    Frozen random layers are fixed noise: with ``pretrained=false`` only ``all`` can learn.
+    """
+    if policy == FINE_TUNE_AUTO:
+        resolved = AUTO_POLICY[pretrained]
+        why = "ImageNet weights: the early layers keep them" if pretrained else "random initialisation"
+        logger.info("fine-tune auto: %s (%s)", resolved, why)
+        return resolved
+    if not pretrained and policy != "all":
+        raise TrainingError(
+            f"fine-tune {policy} with pretrained=false would freeze randomly initialised layers, which "
+            "then never learn: use fine-tune all (or auto), or start from ImageNet weights (pretrained=true)"
+        )
+    return policy
 
 
 def _imagenet_model(name: str, weights_path: str | None) -> nn.Module:
@@ -53,7 +74,11 @@ def build_model(
     weights_path: str | Path | None = None,
     fine_tune: str = "all",
 ) -> nn.Module:
-    """A ResNet with a new ``num_classes`` head; layers outside the fine-tuning policy frozen."""
+    """A ResNet with a new ``num_classes`` head; layers outside the fine-tuning policy frozen.
+
+    ``fine_tune`` may be ``auto`` (see ``resolve_fine_tune``).
+    """
+    fine_tune = resolve_fine_tune(fine_tune, pretrained)
     if pretrained:
         model = _imagenet_model(name, str(weights_path) if weights_path else None)
         model.fc = nn.Linear(model.fc.in_features, num_classes)

@@ -86,6 +86,19 @@ def preprocessed(paths: Iterable[Path], config: PreprocessConfig) -> Iterator[np
         yield eval_array(load_image(path), config)[np.newaxis]
 
 
+def calibration_batches(paths: Iterable[Path], config: PreprocessConfig) -> list[np.ndarray]:
+    """``preprocessed`` images for calibration, leaving out any that cannot be read (training finds
+    unreadable images while loading, and an epoch may not have reached every one)."""
+    batches = []
+    for path in paths:
+        try:
+            batches.append(eval_array(load_image(path), config)[np.newaxis])
+        except Exception as error:  # Pillow raises many types for broken files
+            logger.warning("calibration: skipping unreadable image %s (%s: %s)", path, type(error).__name__,
+                           error)
+    return batches
+
+
 # ---------------------------------------------------------------- conversion and quantization
 
 
@@ -172,7 +185,9 @@ def write_openvino_models(
     ov.save_model(converted, fp32_path, compress_to_fp16=False)
     check_conversion(model, fp32_path, config.image_size)
 
-    calibration = list(preprocessed(data.calibration, config))
+    calibration = calibration_batches(data.calibration, config)
+    if not calibration:
+        raise TrainingError(f"none of the {len(data.calibration)} calibration images could be read")
     ov.save_model(quantize_int8(converted, calibration), int8_path, compress_to_fp16=False)
     quantized_s = time.monotonic() - started
 

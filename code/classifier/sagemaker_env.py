@@ -7,13 +7,21 @@ SageMaker the toolkit honours ``SAGEMAKER_BASE_DIR`` instead of ``/opt/ml``, and
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from classifier.artifact import TENSORS_DIR
+from classifier.errors import TrainingError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_DIR = "/opt/ml"
 DEBUGGER_CONFIG_FILE = "input/config/debughookconfig.json"
+INPUT_DATA_CONFIG_FILE = "input/config/inputdataconfig.json"
+# Input modes that give the container files: File (copied before start), FastFile (streamed from S3
+# on first read). Pipe gives one stream of records per epoch, which an ImageFolder is not.
+FILE_INPUT_MODES = ("File", "FastFile")
 # SageMaker's failure reason shows the first 1024 characters of output/failure.
 FAILURE_REASON_LIMIT = 1024
 
@@ -57,6 +65,34 @@ def channels() -> dict[str, Path]:
         for key, value in os.environ.items()
         if key.startswith(prefix)
     }
+
+
+def input_modes() -> dict[str, str]:
+    """Each input channel's mode (``File``, ``FastFile`` or ``Pipe``), from ``SM_INPUT_DATA_CONFIG``
+    (set by the toolkit) or ``input/config/inputdataconfig.json``; empty when neither exists."""
+    text = os.environ.get("SM_INPUT_DATA_CONFIG")
+    if text is None:
+        path = base_dir() / INPUT_DATA_CONFIG_FILE
+        text = path.read_text() if path.is_file() else "{}"
+    config = json.loads(text)
+    return {channel: spec.get("TrainingInputMode", "File") for channel, spec in config.items()}
+
+
+def check_input_modes() -> dict[str, str]:
+    """Fails for a channel the trainer cannot read as files; logs the mode of each channel."""
+    modes = input_modes()
+    piped = sorted(channel for channel, mode in modes.items() if mode not in FILE_INPUT_MODES)
+    if piped:
+        raise TrainingError(
+            f"channel(s) {piped} use input mode {modes[piped[0]]}, which streams records rather than "
+            f"files; this trainer reads image folders: use input mode File or FastFile"
+        )
+    for channel, mode in sorted(modes.items()):
+        logger.info(
+            "channel %s: input mode %s%s", channel, mode,
+            " (files stream from S3 on first read)" if mode == "FastFile" else "",
+        )
+    return modes
 
 
 def num_gpus() -> int:

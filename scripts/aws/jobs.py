@@ -1,5 +1,9 @@
 """What tuning and training jobs share: image, compute, stopping condition, data, hyperparameters.
 
+Data reaches the container in ``File`` input mode (copied to the instance's volume before the
+job starts) or ``FastFile`` (mounted: each file streams from S3 when first read, so training starts
+at once and the volume need not hold the dataset). The trainer reads both the same way.
+
 Hyperparameters are checked with the trainer's own parser before a job is created, so a typo
 fails here in a second instead of in a container ten minutes later.
 """
@@ -22,6 +26,7 @@ DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"  # one T4 GPU, the cheapest GPU trainin
 DEFAULT_VOLUME_GB = 30
 DEFAULT_MAX_RUN_HOURS = 3.0
 CHANNEL = COMBINED_CHANNEL
+INPUT_MODES = ("File", "FastFile")  # Pipe streams records, not the files of an image folder
 
 
 @dataclass(frozen=True)
@@ -50,22 +55,30 @@ class JobResources:
         return condition
 
 
-def algorithm_specification(image_uri: str) -> dict:
-    """Our image, in File mode, with the regexes SageMaker reads the trainer's metric lines with."""
+def check_input_mode(input_mode: str) -> str:
+    if input_mode not in INPUT_MODES:
+        raise LaunchError(f"input mode {input_mode!r} is not supported; expected one of {INPUT_MODES}")
+    return input_mode
+
+
+def algorithm_specification(image_uri: str, input_mode: str = "File") -> dict:
+    """Our image, in ``input_mode``, with the regexes SageMaker reads the trainer's metric lines with."""
     return {
         "TrainingImage": image_uri,
-        "TrainingInputMode": "File",
+        "TrainingInputMode": check_input_mode(input_mode),
         "MetricDefinitions": [dict(definition) for definition in metrics.METRIC_DEFINITIONS],
     }
 
 
-def input_data_config(data_uri: str) -> list[dict]:
-    """The one data channel: the dataset's S3 prefix, copied whole to every instance."""
+def input_data_config(data_uri: str, input_mode: str = "File") -> list[dict]:
+    """The one data channel: the dataset's S3 prefix, copied whole to every instance (``File``) or
+    streamed from S3 as files are read (``FastFile``)."""
     return [{
         "ChannelName": CHANNEL,
         "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": "FullyReplicated",
         }},
+        "InputMode": check_input_mode(input_mode),
     }]
 
 
@@ -92,6 +105,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                        help="managed spot training")
     group.add_argument("--max-wait-hours", type=float, default=None,
                        help="spot: run time plus waiting for capacity (default: twice --max-run-hours)")
+    group.add_argument("--input-mode", choices=INPUT_MODES, default="File",
+                       help="File: the data is copied to the instance before training; FastFile: files "
+                            "stream from S3 on first read (large datasets: no copy, no volume to size)")
     parser.add_argument("hyperparameters", nargs=argparse.REMAINDER,
                         help="after --: trainer hyperparameters as '--name value' pairs")
 

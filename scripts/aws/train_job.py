@@ -57,6 +57,7 @@ class TrainingJobSpec:
     checkpoint_uri: str
     hyperparameters: dict[str, str] = field(default_factory=dict)
     resources: JobResources = field(default_factory=JobResources)
+    input_mode: str = "File"  # or FastFile (jobs.INPUT_MODES)
     debugger_save_interval: int = DEFAULT_SAVE_INTERVAL  # the SageMaker Debugger hook's
     # SageMaker Debugger: the hook, the five built-in rules, system profiling and ProfilerReport
     sagemaker_debugger: bool = False
@@ -94,10 +95,11 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         "TrainingJobName": spec.job_name,
         "RoleArn": spec.role_arn,
         "AlgorithmSpecification": {
-            **jobs.algorithm_specification(spec.image_uri), "EnableSageMakerMetricsTimeSeries": True,
+            **jobs.algorithm_specification(spec.image_uri, spec.input_mode),
+            "EnableSageMakerMetricsTimeSeries": True,
         },
         "HyperParameters": dict(spec.hyperparameters),
-        "InputDataConfig": jobs.input_data_config(spec.data_uri),
+        "InputDataConfig": jobs.input_data_config(spec.data_uri, spec.input_mode),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
         "ResourceConfig": resources.resource_config(),
         "StoppingCondition": resources.stopping_condition(),
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_uri=config.checkpoint_uri(job_name),
             hyperparameters=hyperparameters,
             resources=resources,
+            input_mode=args.input_mode,
             debugger_save_interval=args.debugger_save_interval,
             sagemaker_debugger=args.sagemaker_debugger,
             custom_rules_source=custom_rules_source,

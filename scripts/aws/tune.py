@@ -130,6 +130,7 @@ class TuningJobSpec:
     max_parallel_jobs: int = 2
     early_stopping: str | None = None  # None: Auto, or Off for Hyperband
     search_space: Mapping = field(default_factory=lambda: SEARCH_SPACE)
+    input_mode: str = "File"  # or FastFile (jobs.INPUT_MODES), for every trial
 
     def __post_init__(self):
         tuned_space(self.strategy, self.search_space)  # a known strategy
@@ -161,9 +162,9 @@ def tuning_job_request(spec: TuningJobSpec) -> dict:
             "MinResource": resource.min_value, "MaxResource": resource.max_value}}
     definition = {
         "StaticHyperParameters": dict(spec.static_hyperparameters),
-        "AlgorithmSpecification": jobs.algorithm_specification(spec.image_uri),
+        "AlgorithmSpecification": jobs.algorithm_specification(spec.image_uri, spec.input_mode),
         "RoleArn": spec.role_arn,
-        "InputDataConfig": jobs.input_data_config(spec.data_uri),
+        "InputDataConfig": jobs.input_data_config(spec.data_uri, spec.input_mode),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
         "ResourceConfig": resources.resource_config(),
         "StoppingCondition": resources.stopping_condition(),
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_jobs=args.max_jobs,
                 max_parallel_jobs=args.max_parallel_jobs,
                 early_stopping=args.early_stopping,
+                input_mode=args.input_mode,
             )
             start(context, spec)
             print(f"started tuning job {job_name} ({args.strategy}, {args.max_jobs} trials "

@@ -32,10 +32,10 @@ def resource_config_json(host: str = LOCAL_HOST) -> dict:
     return {"current_host": host, "hosts": [host], "network_interface_name": "lo"}
 
 
-def input_data_config_json(channels: list[str]) -> dict:
+def input_data_config_json(channels: list[str], input_mode: str = "File") -> dict:
     return {
         channel: {
-            "TrainingInputMode": "File",
+            "TrainingInputMode": input_mode,
             "S3DistributionType": "FullyReplicated",
             "RecordWrapperType": "None",
         }
@@ -74,12 +74,15 @@ def lay_out(
     channels: Mapping[str, Path | None],
     hyperparameters: Mapping[str, object],
     code_dir: Path | None = None,
+    input_mode: str = "File",
 ) -> Path:
     """Writes the config files and creates the folders of ``base`` as SageMaker would.
 
     ``channels`` maps a channel name to the host folder to link in as its data, or to None
     when the data will be mounted there instead (Docker). ``code_dir`` is copied to
     ``base/code``, where the toolkit looks for ``SAGEMAKER_PROGRAM`` outside an image.
+    ``input_mode`` is what ``inputdataconfig.json`` declares for every channel (the data is a
+    local folder either way; the trainer reads the declaration).
     """
     base = Path(base).resolve()
     config = base / "input" / "config"
@@ -87,7 +90,7 @@ def lay_out(
     files = {
         "hyperparameters.json": as_sagemaker_strings(hyperparameters),
         "resourceconfig.json": resource_config_json(),
-        "inputdataconfig.json": input_data_config_json(list(channels)),
+        "inputdataconfig.json": input_data_config_json(list(channels), input_mode),
     }
     for name, content in files.items():
         (config / name).write_text(json.dumps(content, indent=2) + "\n")

@@ -70,15 +70,18 @@ def start_training(
     channels: Sequence[str] = DEFAULT_CHANNELS,
     capture_output: bool = True,
     code_dir: Path = CODE_DIR,
+    input_mode: str = "File",
 ) -> subprocess.Popen:
     """Lays out ``out_dir`` and starts the toolkit in its own process group (see ``stop_training``).
 
     With ``capture_output`` the log (stdout and stderr) is readable from ``process.stdout``.
-    ``code_dir`` is what the image would hold in ``/opt/ml/code`` (default: this repository's).
+    ``code_dir`` is what the image would hold in ``/opt/ml/code`` (default: this repository's);
+    ``input_mode`` what ``inputdataconfig.json`` declares (``File``, ``FastFile``).
     """
     if not TOOLKIT_TRAIN.exists():
         raise FileNotFoundError(f"{TOOLKIT_TRAIN} not found: run `make setup` first")
-    base = opt_ml.lay_out(out_dir, channel_folders(data_dir, channels), hyperparameters, code_dir=code_dir)
+    folders = channel_folders(data_dir, channels)
+    base = opt_ml.lay_out(out_dir, folders, hyperparameters, code_dir=code_dir, input_mode=input_mode)
     for outcome in ("success", "failure"):  # a fresh container has neither
         (base / "output" / outcome).unlink(missing_ok=True)
     return subprocess.Popen(
@@ -106,12 +109,15 @@ def run_training(
     channels: Sequence[str] = DEFAULT_CHANNELS,
     timeout: float | None = None,
     code_dir: Path = CODE_DIR,
+    input_mode: str = "File",
 ) -> subprocess.CompletedProcess:
     """Runs a whole training job; ``.stdout`` holds its log, ``.returncode`` the toolkit's status.
 
     After ``timeout`` seconds the run is killed and ``subprocess.TimeoutExpired`` raised.
     """
-    process = start_training(data_dir, out_dir, hyperparameters, channels, code_dir=code_dir)
+    process = start_training(
+        data_dir, out_dir, hyperparameters, channels, code_dir=code_dir, input_mode=input_mode
+    )
     try:
         log, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -130,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the folder to lay out as /opt/ml")
     parser.add_argument("--channels", nargs="+", default=list(DEFAULT_CHANNELS),
                         help="input channel names (default: training)")
+    parser.add_argument("--input-mode", default="File",
+                        help="the input mode inputdataconfig.json declares (File, FastFile)")
     args, hyperparameter_args = parser.parse_known_args(argv)
     try:
         hyperparameters = parse_name_value_pairs(hyperparameter_args)
     except ValueError as error:
         parser.error(str(error))
 
-    process = start_training(args.data, args.out, hyperparameters, args.channels, capture_output=False)
+    process = start_training(
+        args.data, args.out, hyperparameters, args.channels, capture_output=False, input_mode=args.input_mode
+    )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda received, _frame: stop_training(process, received))
     status = process.wait()

@@ -181,13 +181,17 @@ def weight_update_ratio_plot(trial) -> Heatmap:
 
 # ---------------------------------------------------------------- from metrics.json
 def accuracy_plot(metrics: dict) -> Plot:
-    """Training and validation accuracy per epoch, as the trainer recorded them."""
+    """Training and validation accuracy per epoch (and validation top-5 where recorded), as the
+    trainer recorded them."""
     epochs = metrics.get("epochs", [])
+    curves = [("train", "train_accuracy"), ("validation", "valid_accuracy")]
+    if any(e.get("valid_top5_accuracy") is not None for e in epochs):
+        curves.append(("validation top-5", "valid_top5_accuracy"))
     return Plot(
         "accuracy", "Accuracy per epoch", "epoch", "accuracy",
         tuple(
             _series(label, [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None])
-            for label, key in (("train", "train_accuracy"), ("validation", "valid_accuracy"))
+            for label, key in curves
         ),
     )
 

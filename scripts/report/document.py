@@ -19,7 +19,8 @@ from scripts.report.summary import Summary, summarise
 # What to do when one of SageMaker's built-in rules finds an issue (ours carry their own advice).
 BUILT_IN_RULE_ADVICE = {
     "Overtraining": "Validation loss stopped improving: stop earlier (early-stopping-patience).",
-    "ExplodingTensor": "NaN or infinite values: lower the learning rate, clip gradients, check the inputs.",
+    "ExplodingTensor": "NaN or infinite values: lower the learning rate, clip gradients "
+                       "(gradient-clip-norm), check the inputs.",
     "ClassImbalance": "Classes are unevenly represented: resample or weight the loss per class.",
     "LowGPUUtilization": "The GPU idles: raise batch-size or data-loader workers, or use a smaller instance.",
     "CPUBottleneck": "The CPU holds the GPU back: more data-loader workers, lighter preprocessing.",

@@ -77,7 +77,8 @@ def test_request_has_image_hyperparameters_data_spot_and_checkpoints():
     assert request["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert request["HyperParameters"] == {"epochs": "3", "learning-rate": "0.01"}
     channel = request["InputDataConfig"][0]
-    assert channel["ChannelName"] == "training"
+    assert channel["ChannelName"] == "training" and channel["InputMode"] == "File"
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/sagemaker-classifier/data/dogImages"
     assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/sagemaker-classifier/training"}
     assert request["EnableManagedSpotTraining"] is True
@@ -92,15 +93,25 @@ def test_request_has_image_hyperparameters_data_spot_and_checkpoints():
     assert on_demand["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
 
 
+def test_fast_file_input_mode_streams_the_data_channel_from_s3():
+    request = train_job.training_job_request(spec(input_mode="FastFile"))
+    validate_against_api("CreateTrainingJob", request)
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    assert request["InputDataConfig"][0]["InputMode"] == "FastFile"
+    with pytest.raises(LaunchError, match="input mode 'Pipe' is not supported"):
+        train_job.training_job_request(spec(input_mode="Pipe"))
+
+
 def test_metric_regexes_in_the_request_read_the_trainers_lines():
     definitions = train_job.training_job_request(spec())["AlgorithmSpecification"]["MetricDefinitions"]
     log = "\n".join([
-        metrics.format_epoch_line(1, 0.75, 0.5, 0.625, 0.5625),
-        metrics.format_test_line(0.5, 0.875),
+        metrics.format_epoch_line(1, 0.75, 0.5, 0.625, 0.5625, 0.875),
+        metrics.format_test_line(0.5, 0.875, 0.9375),
     ])
     read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in definitions}
     assert read == {"train:loss": [0.75], "train:accuracy": [0.5], "validation:loss": [0.625],
-                    "validation:accuracy": [0.5625], "test:loss": [0.5], "test:accuracy": [0.875]}
+                    "validation:accuracy": [0.5625], "validation:top5_accuracy": [0.875],
+                    "test:loss": [0.5], "test:accuracy": [0.875], "test:top5_accuracy": [0.9375]}
 
 
 def test_output_locations_follow_sagemakers_layout():
@@ -190,6 +201,7 @@ def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, t
     assert stored["HyperParameters"] == {"learning-rate": "0.02", "batch-size": "64", "epochs": "4"}
     assert stored["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
     assert stored["EnableManagedSpotTraining"] is False
+    assert stored["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     recorded = json.loads(record.read_text())
     assert recorded["training_job"] == "classifier-train-cli"
     for where in recorded["locations"].values():

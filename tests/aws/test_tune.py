@@ -137,6 +137,7 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
 
     definition = request["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
+    assert definition["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     assert definition["StaticHyperParameters"] == {"model-name": "resnet50", "pretrained": "true"}
     assert definition["RoleArn"] == ROLE_ARN
     assert definition["InputDataConfig"][0]["ChannelName"] == "training"
@@ -159,13 +160,14 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
     ))["AlgorithmSpecification"]["MetricDefinitions"]
     log = "\n".join([
         "epoch noise",
-        metrics.format_epoch_line(1, 2.5, 0.25, 2.125, 0.375),
-        metrics.format_epoch_line(2, 1.5, 0.5, 1.0625, 0.625),
-        metrics.format_test_line(1.25, 0.5),
+        metrics.format_epoch_line(1, 2.5, 0.25, 2.125, 0.375, 0.75),
+        metrics.format_epoch_line(2, 1.5, 0.5, 1.0625, 0.625, 0.875),
+        metrics.format_test_line(1.25, 0.5, 0.75),
     ])
     read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in sent}
     assert read[config["HyperParameterTuningJobObjective"]["MetricName"]] == [2.125, 1.0625]
     assert read["train:accuracy"] == [0.25, 0.5] and read["test:loss"] == [1.25]
+    assert read["validation:top5_accuracy"] == [0.75, 0.875] and read["test:top5_accuracy"] == [0.75]
 
     # moto stored the job as sent.
     stored = recording.session.client("sagemaker").describe_hyper_parameter_tuning_job(
@@ -210,6 +212,21 @@ def test_cli_tunes_waits_and_writes_the_result_file(pushed, tmp_path, capsys):
     assert result["tuning_job"] == "classifier-tune-cli"
     assert result["best_training_job"] == stored["BestTrainingJob"]["TrainingJobName"]
     assert result["hyperparameters"]["model-name"] == "resnet18"
+
+
+def test_fast_file_input_mode_reaches_every_trial(pushed):
+    request = tune.tuning_job_request(tuning_spec(input_mode="FastFile"))
+    validate_against_api("CreateHyperParameterTuningJob", request)
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    assert definition["InputDataConfig"][0]["InputMode"] == "FastFile"
+    with pytest.raises(LaunchError, match="input mode 'Pipe' is not supported"):
+        tune.tuning_job_request(tuning_spec(input_mode="Pipe"))
+    tune.main(["--no-wait", "--input-mode", "FastFile", "--job-name", "classifier-tune-ff",
+               "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    stored = boto3.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName="classifier-tune-ff")
+    assert stored["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
 
 
 def test_cli_without_waiting_prints_the_job_then_attach_writes_the_result(pushed, tmp_path, capsys):

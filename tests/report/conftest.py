@@ -39,12 +39,14 @@ def tiny_dataset(root: Path, images_per_class: dict[str, int]) -> Path:
 
 @pytest.fixture(scope="session")
 def overfit_run(tmp_path_factory) -> Path:
-    """Two images a class, the whole network trained for many epochs: it memorises them."""
+    """One image a class seen as it is (no augmentation), the whole network trained for many epochs:
+    it memorises them, and the validation loss climbs from epoch 5."""
     root = tmp_path_factory.mktemp("overfit_run")
-    data = tiny_dataset(root, {"train": 2, "valid": 4, "test": 2})
+    data = tiny_dataset(root, {"train": 1, "valid": 4, "test": 2})
     hyperparameters = {
-        **TINY, "fine-tune": "all", "optimizer": "adamw", "learning-rate": 0.001, "weight-decay": 0,
-        "label-smoothing": 0, "lr-schedule": "constant", "warmup-epochs": 0, "epochs": 8, "batch-size": 6,
+        **TINY, "fine-tune": "all", "optimizer": "adamw", "learning-rate": 0.002, "weight-decay": 0,
+        "label-smoothing": 0, "lr-schedule": "constant", "warmup-epochs": 0, "epochs": 10, "batch-size": 6,
+        "augment": "none",
     }
     return real_run(data, root / "out", hyperparameters, SAVE_INTERVAL)
 
@@ -55,21 +57,27 @@ def learnable_dataset(tmp_path_factory) -> Path:
     return tiny_dataset(tmp_path_factory.mktemp("learnable"), {"train": 16, "valid": 8, "test": 2})
 
 
-HEAD_ONLY = {**TINY, "fine-tune": "head", "epochs": 3, "batch-size": 8}
+# Only the head trains, on top of fixed (ImageNet-shaped, random) weights: the trainer refuses to
+# freeze layers it initialised at random itself.
+HEAD_ONLY = {
+    **TINY, "pretrained": True, "fine-tune": "head", "optimizer": "sgd", "epochs": 3, "batch-size": 8,
+}
 
 
 @pytest.fixture(scope="session")
-def healthy_run(learnable_dataset, tmp_path_factory) -> Path:
+def healthy_run(learnable_dataset, imagenet_weights_file, tmp_path_factory) -> Path:
     """The new head learns the classes: both losses fall."""
     out = tmp_path_factory.mktemp("healthy_run") / "out"
-    return real_run(learnable_dataset, out, {**HEAD_ONLY, "learning-rate": 0.01}, SAVE_INTERVAL)
+    hyperparameters = {**HEAD_ONLY, "weights-path": str(imagenet_weights_file), "learning-rate": 0.01}
+    return real_run(learnable_dataset, out, hyperparameters, SAVE_INTERVAL)
 
 
 @pytest.fixture(scope="session")
-def no_learning_run(learnable_dataset, tmp_path_factory) -> Path:
+def no_learning_run(learnable_dataset, imagenet_weights_file, tmp_path_factory) -> Path:
     """The same run with a learning rate so small that nothing moves."""
     out = tmp_path_factory.mktemp("no_learning_run") / "out"
-    return real_run(learnable_dataset, out, {**HEAD_ONLY, "learning-rate": 1e-6}, SAVE_INTERVAL)
+    hyperparameters = {**HEAD_ONLY, "weights-path": str(imagenet_weights_file), "learning-rate": 1e-6}
+    return real_run(learnable_dataset, out, hyperparameters, SAVE_INTERVAL)
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,8 @@ def test_accuracy_plot_draws_the_epochs_of_metrics_json(healthy_report, healthy_
     lines = drawn_lines(built.plot("accuracy"))
     np.testing.assert_allclose(lines["train"], [(e["epoch"], e["train_accuracy"]) for e in epochs])
     np.testing.assert_allclose(lines["validation"], [(e["epoch"], e["valid_accuracy"]) for e in epochs])
+    top5 = [(e["epoch"], e["valid_top5_accuracy"]) for e in epochs]
+    np.testing.assert_allclose(lines["validation top-5"], top5)
 
 
 def test_gradient_norms_are_a_heatmap_of_layer_by_step(healthy_report, trial):

@@ -349,7 +349,7 @@ def test_served_predictions_equal_the_trainer_evaluation_of_the_test_split(
 ):
     """The trainer's own test loader through the exported model gives the served probabilities, and
     the served top-1 accuracy is the test accuracy the trainer reported."""
-    data = load_splits({"training": sample_dataset}, max_bad_fraction=0.0)
+    data = load_splits({"training": sample_dataset})
     test = data.splits["test"]
     image_size = reference.transform.config.image_size
     loader = build_loaders(data, image_size, batch_size=8, workers=0, pin_memory=False)["test"]

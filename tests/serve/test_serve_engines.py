@@ -40,7 +40,7 @@ def server(model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def test_split(sample_dataset):
-    return load_splits({"training": sample_dataset}, max_bad_fraction=0.0).splits["test"].samples
+    return load_splits({"training": sample_dataset}).splits["test"].samples
 
 
 def probabilities_of(top: list[dict]) -> np.ndarray:

@@ -116,7 +116,10 @@ def test_metrics_json_follows_the_contract(metrics_json):
     # Warmup (1 epoch) then cosine: half the rate, the full rate, then decaying.
     rates = [entry["learning_rate"] for entry in epochs]
     assert rates[0] == pytest.approx(0.005) and rates[1] == pytest.approx(0.01) and rates[2] < 0.01
-    assert set(metrics_json["test"]) == {"test_loss", "test_accuracy"}
+    assert set(metrics_json["test"]) == set(metrics.TEST_FIELDS)
+    # Three classes: every class is among the five best, so top-5 accuracy is 1.
+    assert metrics_json["test"]["test_top5_accuracy"] == 1.0
+    assert all(entry["valid_top5_accuracy"] == 1.0 for entry in epochs)
 
 
 def test_printed_metric_lines_match_the_shared_regexes(trained_run_log, metrics_json):

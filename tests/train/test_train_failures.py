@@ -82,6 +82,16 @@ def test_too_many_corrupt_images(dataset, tmp_path):
     assert "max-bad-image-fraction=0.1" in failure and f"{CLASSES[0]}/0000.jpg" in failure
 
 
+def test_freezing_random_layers_is_refused(dataset, tmp_path):
+    failure, _ = run_expecting_failure(dataset, tmp_path / "out", {"fine-tune": "last-block"})
+    assert failure.startswith("fine-tune last-block with pretrained=false would freeze randomly initialised")
+
+
+def test_a_pipe_input_channel_is_refused(dataset, tmp_path):
+    failure, _ = run_expecting_failure(dataset, tmp_path / "out", input_mode="Pipe")
+    assert failure.startswith("channel(s) ['training'] use input mode Pipe") and "File or FastFile" in failure
+
+
 def test_invalid_hyperparameter(dataset, tmp_path):
     failure, _ = run_expecting_failure(dataset, tmp_path / "out", {"batch-size": 0})
     assert failure.startswith("invalid hyperparameters: argument --batch-size: expected a positive integer")

@@ -75,7 +75,9 @@ def test_the_requests_metric_regexes_read_the_real_training_log(trained_run, tra
     epochs = report["epochs"]
     assert len(epochs) >= 1
     for name, field in (("train:loss", "train_loss"), ("train:accuracy", "train_accuracy"),
-                        ("validation:loss", "valid_loss"), ("validation:accuracy", "valid_accuracy")):
+                        ("validation:loss", "valid_loss"), ("validation:accuracy", "valid_accuracy"),
+                        ("validation:top5_accuracy", "valid_top5_accuracy")):
         assert read[name] == pytest.approx([epoch[field] for epoch in epochs], abs=1e-6), name
     assert read["test:loss"] == pytest.approx([report["test"]["test_loss"]], abs=1e-6)
     assert read["test:accuracy"] == pytest.approx([report["test"]["test_accuracy"]], abs=1e-6)
+    assert read["test:top5_accuracy"] == pytest.approx([report["test"]["test_top5_accuracy"]], abs=1e-6)

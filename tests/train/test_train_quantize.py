@@ -47,7 +47,7 @@ def record(model_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def test_split(sample_dataset):
-    return load_splits({"training": sample_dataset}, max_bad_fraction=0.0).splits["test"].samples
+    return load_splits({"training": sample_dataset}).splits["test"].samples
 
 
 def test_the_artifact_holds_both_openvino_models_with_their_weights(model_dir):
@@ -84,7 +84,7 @@ def test_openvino_fp32_gives_the_torch_export_probabilities(model_dir, test_spli
 
 
 def test_calibration_images_come_from_the_training_split_only(sample_dataset):
-    splits = load_splits({"training": sample_dataset}, max_bad_fraction=0.0).splits
+    splits = load_splits({"training": sample_dataset}).splits
     data = quantize.quantization_data(splits, calibration_images=10, seed=0)
     train_paths = {path for path, _ in splits["train"].samples}
     assert len(data.calibration) == 10 and set(data.calibration) <= train_paths

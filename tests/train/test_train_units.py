@@ -69,7 +69,8 @@ def test_learning_rate_warms_up_then_follows_the_schedule():
 
 def test_every_fine_tune_policy_is_implemented_and_freezes_what_it_says():
     assert set(models.TRAINABLE_LAYERS) == set(FINE_TUNE_POLICIES)
-    model = models.build_model("resnet18", 5, fine_tune="head")
+    model = models.architecture("resnet18", 5)
+    models.freeze(model, "head")
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
     models.freeze(model, "all")
     assert all(p.requires_grad for p in model.parameters())
@@ -122,7 +123,7 @@ def test_local_default_hook_can_be_switched_off(tmp_path):
 def test_a_seed_makes_data_order_augmentation_and_training_repeat_exactly(sample_dataset):
     def two_steps() -> tuple[float, float]:
         train.seed_everything(7)
-        splits = data.load_splits({"training": sample_dataset}, max_bad_fraction=0.0)
+        splits = data.load_splits({"training": sample_dataset})
         loader = data.build_loaders(splits, image_size=32, batch_size=8, workers=0, pin_memory=False)["train"]
         batches = [batch for batch, _ in zip(loader, range(2), strict=False)]
         model = models.build_model("resnet18", 3)

@@ -48,7 +48,8 @@ def test_split_channels_sagemaker_debugger_config_and_skipped_images(tmp_path):
     assert f"debugger: hook from SageMaker config {config}" in result.stdout
     assert not (out / "output" / "data" / artifact.TENSORS_DIR).exists()  # the local default stayed off
     loss = create_trial(str(tensors)).tensor(create_trial(str(tensors)).tensor_names(collection="losses")[0])
-    # 23 readable training images, batches of 8, the last partial batch dropped: 2 steps, each saved.
-    assert loss.steps(mode=modes.TRAIN) == [0, 1]
+    # 24 training images listed (one unreadable, found while loading), batches of 8: 3 steps, one of
+    # them of 7 images, each saved.
+    assert loss.steps(mode=modes.TRAIN) == [0, 1, 2]
     # Validation (8 images) then test (8 images): one EVAL step each.
     assert loss.steps(mode=modes.EVAL) == [0, 1]

@@ -11,7 +11,7 @@ from train_helpers import CodeOnLoad
 
 from classifier import checkpoints
 from classifier.errors import TrainingError
-from classifier.training_state import TrainingState
+from classifier.training_state import EarlyStopping, TrainingState
 
 
 def make_state(seed: int = 0) -> TrainingState:
@@ -40,13 +40,13 @@ def test_epochs_book_the_best_weights_and_early_stopping():
     state = make_state()
     assert (state.next_epoch, state.best.epoch, state.best.valid_loss) == (1, 0, math.inf)
     train_a_step(state)
-    state.end_epoch(record(1, 0.9), early_stopping_patience=2)
+    state.end_epoch(record(1, 0.9), EarlyStopping(patience=2))
     best_weights = {name: tensor.clone() for name, tensor in state.best.state.items()}
     train_a_step(state)
-    state.end_epoch(record(2, 0.95), early_stopping_patience=2)
+    state.end_epoch(record(2, 0.95), EarlyStopping(patience=2))
     assert (state.best.epoch, state.epochs_without_improvement, state.early_stopped) == (1, 1, False)
     assert all(torch.equal(best_weights[name], tensor) for name, tensor in state.best.state.items())
-    state.end_epoch(record(3, 0.91), early_stopping_patience=2)
+    state.end_epoch(record(3, 0.91), EarlyStopping(patience=2))
     assert state.early_stopped and state.next_epoch == 4
     assert [entry["epoch"] for entry in state.history] == [1, 2, 3]
 
@@ -54,16 +54,59 @@ def test_epochs_book_the_best_weights_and_early_stopping():
 def test_patience_zero_never_stops():
     state = make_state()
     for epoch in range(1, 6):
-        state.end_epoch(record(epoch, 1.0 + epoch), early_stopping_patience=0)
+        state.end_epoch(record(epoch, 1.0 + epoch), EarlyStopping(patience=0))
     assert not state.early_stopped and state.epochs_without_improvement == 4
+
+
+def test_warmup_epochs_count_for_nothing_and_the_first_epoch_after_sets_the_reference():
+    stopping = EarlyStopping.after_warmup(patience=2, min_delta=0.0, warmup_epochs=2)
+    state = make_state()
+    for epoch, loss in [(1, 0.5), (2, 0.9)]:  # warmup: the loss jumps about
+        state.end_epoch(record(epoch, loss), stopping)
+        assert state.epochs_without_improvement == 0 and not state.early_stopped
+    state.end_epoch(record(3, 1.2), stopping)  # worse than warmup's best, but it is the reference
+    assert state.epochs_without_improvement == 0 and state.stopping_reference == 1.2
+    state.end_epoch(record(4, 1.3), stopping)
+    state.end_epoch(record(5, 1.25), stopping)
+    assert state.early_stopped and state.next_epoch == 6  # the earliest stop: warmup + 1 + patience
+    assert state.best.epoch == 1  # the best weights are still the lowest loss of all
+
+
+def test_an_improvement_smaller_than_min_delta_does_not_reset_the_count():
+    stopping = EarlyStopping(patience=2, min_delta=0.01)
+    state = make_state()
+    state.end_epoch(record(1, 1.0), stopping)
+    state.end_epoch(record(2, 0.995), stopping)  # 0.5 % better: noise
+    assert state.epochs_without_improvement == 1 and state.best.epoch == 2  # yet the best weights
+    state.end_epoch(record(3, 0.985), stopping)  # 1.5 % below the reference: progress
+    assert state.epochs_without_improvement == 0 and state.stopping_reference == 0.985
+    state.end_epoch(record(4, 0.99), stopping)
+    state.end_epoch(record(5, 0.98), stopping)
+    assert state.early_stopped
+
+
+def test_a_checkpoint_at_the_end_of_the_best_epoch_holds_the_weights_once(tmp_path):
+    state = make_state()
+    train_a_step(state)
+    state.end_epoch(record(1, 0.5), EarlyStopping(patience=3))
+    assert state.state_dict(at_epoch_end=True)["best"]["state"] is None
+    assert state.state_dict()["best"]["state"] is not None  # mid-epoch: the model may have moved on
+    state.save(tmp_path, at_epoch_end=True)
+    train_a_step(state)  # the model moves on; the best weights must come back as they were
+    resumed = make_state(seed=3)
+    assert resumed.resume(tmp_path)
+    assert resumed.best.epoch == 1
+    for name, tensor in resumed.best.state.items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name])
+    assert not all(torch.equal(resumed.best.state[n], t) for n, t in state.model.state_dict().items())
 
 
 def test_a_saved_state_resumes_exactly(tmp_path):
     state = make_state(seed=1)
     train_a_step(state)
-    state.end_epoch(record(1, 0.7), early_stopping_patience=3)
+    state.end_epoch(record(1, 0.7), EarlyStopping(patience=3))
     train_a_step(state)
-    state.end_epoch(record(2, 0.8), early_stopping_patience=3)
+    state.end_epoch(record(2, 0.8), EarlyStopping(patience=3))
     state.save(tmp_path)
     next_draws = (torch.rand(3), random.random(), np.random.rand(2))  # what the saved run would draw next
 
