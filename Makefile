@@ -119,9 +119,9 @@ report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=
 
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
-train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
-	$(TRAIN_PY) -m scripts.local.train --data "$(DATA)" --out "$(OUT)" $(HP)
+train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir [NPROC=2] HP="--epochs 2 ..."
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> [NPROC=2] HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
+	$(TRAIN_PY) -m scripts.local.train --data "$(DATA)" --out "$(OUT)" $(if $(NPROC),--nproc $(NPROC)) $(HP)
 
 .PHONY: bench-train
 bench-train: $(TRAIN_ENV) ## training benchmark (smdebug hook cost, loader vs model step) -> benchmarks/train.md

@@ -15,6 +15,11 @@ hyperparameters, names in ``classifier/hyperparameters.py``) with the container 
 Metric lines (``classifier.metrics``) go to stdout, where SageMaker's metric regexes read them.
 Every failure leaves its reason in ``output/failure`` and a non-zero exit status; SIGTERM
 (StopTrainingJob, spot interruption) saves a checkpoint first, and the next run resumes from it.
+
+Under torchrun (``train_launcher.py``) the same script is one of several data-parallel processes
+(``classifier.distributed``): each takes its share of every split and of the global batch, DDP
+averages the gradients, the tallies are summed over processes, and rank 0 alone prints the
+metric lines and writes checkpoints and the artifact.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifier import checkpoints, export, models, optimization, sagemaker_env
+from classifier import checkpoints, distributed, export, models, optimization, sagemaker_env
 from classifier.artifact import RESOURCE_USAGE_FILE
 from classifier.checkpoints import StopSignal
 from classifier.data import ImageFolderSplits, build_loaders, load_splits
@@ -90,11 +96,13 @@ def seed_everything(seed: int | None) -> None:
 
 
 def select_device() -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if sagemaker_env.num_gpus() > 1:
-        logger.warning("%d GPUs found; this trainer uses one", sagemaker_env.num_gpus())
-    return torch.device("cuda")
+    cluster = distributed.current()
+    if torch.cuda.is_available() and not cluster.enabled and sagemaker_env.num_gpus() > 1:
+        logger.warning(
+            "%d GPUs found but one training process uses one; the job turned distribution off",
+            sagemaker_env.num_gpus(),
+        )
+    return cluster.device()
 
 
 class Tally:
@@ -111,8 +119,11 @@ class Tally:
         self.seen += targets.size(0)
 
     def result(self) -> tuple[float, float]:
-        """(mean loss, accuracy)."""
-        return self.loss_sum.item() / max(self.seen, 1), self.correct.item() / max(self.seen, 1)
+        """(mean loss, accuracy), over every training process's share."""
+        loss_sum, correct, seen = distributed.sum_across_ranks(
+            self.loss_sum.item(), self.correct.item(), self.seen
+        )
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
 def forward(
@@ -205,30 +216,36 @@ def train_epochs(
     checkpoint_dir: Path,
 ) -> None:
     """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each."""
+    cluster = distributed.current()
     while state.next_epoch <= args.epochs and not state.early_stopped:
         epoch, started, learning_rate = state.next_epoch, time.monotonic(), state.learning_rate
         debugger.train()
+        distributed.begin_epoch(loaders["train"], epoch)
         train_loss, train_accuracy = train_one_epoch(
-            state.model, loaders["train"], criterion, state.optimizer, state.scaler, device, stop
+            cluster.wrap(state.model), loaders["train"], criterion, state.optimizer, state.scaler, device,
+            stop,
         )
         if stop.requested:
             # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
-            path = state.save(checkpoint_dir)
+            path = cluster.save_on_primary(lambda: state.save(checkpoint_dir))
             raise TrainingStopped(stop.received, f"during epoch {epoch} of {args.epochs}", path, epoch)
         check_finite("the training loss", train_loss, epoch)
+        cluster.sync_buffers(state.model)
         debugger.eval()
         valid_loss, valid_accuracy = evaluate(state.model, loaders["valid"], criterion, device)
         check_finite("the validation loss", valid_loss, epoch)
         state.scheduler.step()
 
-        print(format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy), flush=True)
+        if cluster.is_primary:
+            line = format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy)
+            print(line, flush=True)
         seconds = time.monotonic() - started
         state.end_epoch({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
             "valid_loss": valid_loss, "valid_accuracy": valid_accuracy,
             "learning_rate": learning_rate, "seconds": round(seconds, 3),
         }, args.early_stopping_patience)
-        path = state.save(checkpoint_dir)
+        path = cluster.save_on_primary(lambda: state.save(checkpoint_dir))
         logger.info(
             "epoch %d/%d done in %.1f s (learning rate %.3g); best epoch %d; checkpoint %s",
             epoch, args.epochs, seconds, learning_rate, state.best.epoch, path,
@@ -264,39 +281,57 @@ def export_best_weights(
 def run(args: argparse.Namespace) -> None:
     """The whole job: data, model, training loop, test, artifact."""
     stop = StopSignal().install()
+    cluster = distributed.setup(args.distributed_timeout)
     export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
     seed_everything(args.seed)
     device = select_device()
-    workers = args.workers if args.workers is not None else sagemaker_env.num_cpus()
+    workers = cluster.loader_workers(args.workers)
+    batch_size = cluster.per_rank_batch(args.batch_size)
     logger.info("device %s, %d data-loader workers, hyperparameters %s", device, workers, vars(args))
 
-    data = load_splits(sagemaker_env.channels(), args.max_bad_image_fraction, sagemaker_env.num_cpus())
-    loaders = build_loaders(data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda")
+    channels = sagemaker_env.channels()
+    data = load_splits(channels, args.max_bad_image_fraction, sagemaker_env.num_cpus())
+    cluster.check_same("class folders", data.class_folders)
+    samplers = cluster.samplers(
+        {name: len(split.samples) for name, split in data.splits.items()},
+        distributed.sharded_splits(channels), cluster.shared_seed(args.seed),
+    )
+    loaders = build_loaders(
+        data, args.image_size, batch_size, workers, pin_memory=device.type == "cuda", samplers=samplers
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     state = build_training_state(args, data.class_folders, device)
     checkpoint_dir = sagemaker_env.checkpoint_dir()
-    if state.resume(checkpoint_dir):
+    if cluster.resume(state, checkpoint_dir):
         logger.info(
             "resuming from %s: %d epoch(s) done, continuing at epoch %d",
             checkpoint_dir / checkpoints.CHECKPOINT_FILE, state.epochs_done, state.next_epoch,
         )
+    cluster.decorrelate_random_streams()
 
+    # One debugger hook, on rank 0 (smdebug's chief worker): its tensors are the whole job's.
     debugger = Debugger.create(
         sagemaker_env.debugger_config_file(),
         Path(args.debugger_out_dir) if args.debugger_out_dir else sagemaker_env.debugger_out_dir(),
         args.debugger_save_interval,
         local_default=args.debugger,
-    )
+    ) if cluster.is_primary else Debugger()
     debugger.watch(state.model, criterion)  # after freezing: frozen layers get no gradient hooks
-    with ResourceSampler(sagemaker_env.output_data_dir() / RESOURCE_USAGE_FILE, args.resource_sample_seconds):
+    cluster.wrap(state.model)  # DDP: every process starts from rank 0's weights
+    stop = distributed.agreed(stop)
+    usage = sagemaker_env.output_data_dir() / RESOURCE_USAGE_FILE
+    with ResourceSampler(usage, args.resource_sample_seconds) if cluster.is_local_primary else nullcontext():
         train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir)
         state.model.load_state_dict(state.best.state)
         debugger.eval()
         test_loss, test_accuracy = evaluate(state.model, loaders["test"], criterion, device)
-        print(format_test_line(test_loss, test_accuracy), flush=True)
+        if cluster.is_primary:
+            print(format_test_line(test_loss, test_accuracy), flush=True)
         debugger.close()
 
-    export_best_weights(args, state, data, {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    if cluster.is_primary:
+        export_best_weights(args, state, data, {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    distributed.finish()
     logger.info("training complete: best epoch %d, test accuracy %.4f", state.best.epoch, test_accuracy)
 
 
@@ -306,15 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         run(parse_hyperparameters(argv))
     except TrainingStopped as stopped:
         logger.warning("%s", stopped)
-        sagemaker_env.write_failure(str(stopped))
+        distributed.write_failure(str(stopped))
         return 128 + stopped.signum
     except TrainingError as error:
         logger.error("training failed: %s", error)
-        sagemaker_env.write_failure(str(error))
+        distributed.write_failure(str(error))
         return 1
     except Exception as error:
         logger.exception("training failed unexpectedly")
-        sagemaker_env.write_failure(f"{type(error).__name__}: {error}")
+        distributed.write_failure(f"{type(error).__name__}: {error}", error)
         return 1
     return 0
 

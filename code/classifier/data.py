@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from classifier.dataset import DatasetListing, class_name, find_split_dirs, list_dataset
@@ -147,20 +147,26 @@ def _worker_init(worker_id: int) -> None:
 
 
 def build_loaders(
-    data: ImageFolderSplits, image_size: int, batch_size: int, workers: int, pin_memory: bool
+    data: ImageFolderSplits, image_size: int, batch_size: int, workers: int, pin_memory: bool,
+    samplers: Mapping[str, Sampler] | None = None,
 ) -> dict[str, DataLoader]:
-    """One loader per split: shuffled and augmented for train, the serving transform otherwise."""
+    """One loader per split: shuffled and augmented for train, the serving transform otherwise.
+
+    ``samplers`` pick each split's share of a data-parallel process (``classifier.distributed``).
+    """
     loaders = {}
     for name, split in data.splits.items():
         training = name == "train"
         transform = train_transform(image_size) if training else eval_transform(image_size)
         dataset = ImageDataset(split.samples, transform)
+        sampler = (samplers or {}).get(name)
         loaders[name] = DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=training,
+            shuffle=training and sampler is None,
+            sampler=sampler,
             # A last batch of one image breaks BatchNorm in training mode.
-            drop_last=training and len(dataset) > batch_size,
+            drop_last=training and len(dataset if sampler is None else sampler) > batch_size,
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     data.add_argument("--image-size", type=_positive_int, default=224, help="side of the square crop")
-    data.add_argument("--batch-size", type=_positive_int, default=64)
+    data.add_argument("--batch-size", type=_positive_int, default=64,
+                      help="the global batch: split evenly among the training processes (GPUs x hosts)")
     data.add_argument("--workers", type=_non_negative_int, default=None,
                       help="data-loader workers (default: from SM_NUM_CPUS)")
     data.add_argument("--max-bad-image-fraction", type=_fraction, default=0.01,
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many epochs without a better validation loss (0: never)")
     optim.add_argument("--seed", type=_optional_seed, default=None,
                        help="make the run deterministic with this seed")
+
+    scale = parser.add_argument_group("data-parallel training (several GPUs or hosts)")
+    scale.add_argument("--distributed-timeout", type=_positive_float, default=1800.0,
+                       help="seconds a training process waits for the others (joining, each exchange, "
+                            "checkpoints) before the job fails naming the one missing")
 
     debug = parser.add_argument_group("debugging")
     debug.add_argument("--debugger", type=str_to_bool, default=True,

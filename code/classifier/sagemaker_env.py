@@ -56,6 +56,14 @@ def channels() -> dict[str, Path]:
     }
 
 
+def input_data_config() -> dict:
+    """Each channel's settings (``S3DistributionType`` ...): ``SM_INPUT_DATA_CONFIG``, else the file."""
+    if "SM_INPUT_DATA_CONFIG" in os.environ:
+        return json.loads(os.environ["SM_INPUT_DATA_CONFIG"])
+    path = base_dir() / "input" / "config" / "inputdataconfig.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def num_gpus() -> int:
     return int(os.environ.get("SM_NUM_GPUS", "0"))
 
