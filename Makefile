@@ -145,9 +145,9 @@ push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both i
 	$(DEV_PY) -m scripts.containers.push train serve
 
 .PHONY: local-train
-local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> HP="--epochs 2"
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [HP=...]"; exit 2; }
-	$(PYTHON) -m scripts.containers.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
+local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> [INSTANCES=2] HP="--epochs 2"
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [INSTANCES=2] [HP=...]"; exit 2; }
+	$(PYTHON) -m scripts.containers.local_mode train --data "$(DATA)" --out "$(OUT)" $(if $(INSTANCES),--instances $(INSTANCES)) $(HP)
 
 .PHONY: local-serve
 local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080

@@ -403,7 +403,7 @@ def setup(timeout_s: float) -> Cluster:
     _configure_logging(cluster)
     if backend == "nccl":
         torch.cuda.set_device(cluster.local_rank)
-    else:  # the host's cores shared among its processes (torchrun would give each one thread)
+    elif "OMP_NUM_THREADS" not in os.environ:  # (torchrun sets one thread when it starts several)
         torch.set_num_threads(max(1, sagemaker_env.num_cpus() // cluster.local_world_size))
     try:
         dist.init_process_group(backend, timeout=timeout)

@@ -65,8 +65,8 @@ def training_env(base_dir: Path, master_port: int | None = None) -> dict[str, st
         if not key.startswith(("SM_", "SAGEMAKER_", "PET_")) and key != "PYTHONPATH"
     }
     env.update(
-        SAGEMAKER_BASE_DIR=str(base_dir), SAGEMAKER_PROGRAM=PROGRAM, SAGEMAKER_TRAINING_MODULE=TRAINING_MODULE,
-        PYTHONPATH=str(base_dir / "code"), PYTHONUNBUFFERED="1",
+        SAGEMAKER_BASE_DIR=str(base_dir), SAGEMAKER_PROGRAM=PROGRAM, PYTHONUNBUFFERED="1",
+        SAGEMAKER_TRAINING_MODULE=TRAINING_MODULE, PYTHONPATH=str(base_dir / "code"),
         PATH=os.pathsep.join([str(TOOLKIT_TRAIN.parent), env.get("PATH", os.defpath)]),
         # torchrun's default port (29500) would clash with any other run on this machine.
         PET_MASTER_PORT=str(master_port or free_port()),
