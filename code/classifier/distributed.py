@@ -306,7 +306,7 @@ class Cluster:
         """Why this process lost its peers: the reason one of them published, else which one went silent."""
         deadline = time.monotonic() + FAILURE_NOTICE_GRACE_S
         published = self.published_failures()
-        while not published and time.monotonic() < deadline:
+        while not published and self.store is not None and time.monotonic() < deadline:
             time.sleep(0.2)
             published = self.published_failures()
         if published:
