@@ -86,13 +86,11 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
             "MetricDefinitions": [dict(d) for d in metrics.METRIC_DEFINITIONS],
             "EnableSageMakerMetricsTimeSeries": True,
         },
-        "HyperParameters": dict(spec.hyperparameters),
-        "InputDataConfig": [{
-            "ChannelName": jobs.CHANNEL,
-            "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": spec.data_uri, "S3DataDistributionType": "FullyReplicated",
-            }},
-        }],
+        "HyperParameters": {
+            **spec.hyperparameters,
+            **resources.distribution_hyperparameters(jobs.batch_sizes(spec.hyperparameters)),
+        },
+        "InputDataConfig": resources.input_data_config(spec.data_uri),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
         "ResourceConfig": {
             "InstanceType": resources.instance_type,
@@ -200,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         hyperparameters = merged_hyperparameters(args.hyperparameters_file,
                                                  jobs.hyperparameter_args(args.hyperparameters))
         resources = jobs.resources_from_args(args)
+        resources.distribution_hyperparameters(jobs.batch_sizes(hyperparameters))  # fails before anything
         context = settings.connect(args, needs=("role_arn", "bucket"))
         config = context.config
         job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME)

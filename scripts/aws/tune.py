@@ -145,6 +145,20 @@ def build_tuner(context: AwsContext, image_uri: str, strategy: str, static: dict
     )
 
 
+def input_channels(resources: JobResources, data_uri: str) -> list:
+    """The trials' input channels as SDK v3 shapes, from the request part ``jobs`` builds."""
+    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+
+    return [
+        Channel(channel_name=channel["ChannelName"], data_source=DataSource(s3_data_source=S3DataSource(
+            s3_data_type=source["S3DataType"], s3_uri=source["S3Uri"],
+            s3_data_distribution_type=source["S3DataDistributionType"],
+        )))
+        for channel in resources.input_data_config(data_uri)
+        for source in [channel["DataSource"]["S3DataSource"]]
+    ]
+
+
 def best_result(description: dict) -> dict:
     """The tuning job's winner from DescribeHyperParameterTuningJob: what ``train_job`` needs."""
     name = description["HyperParameterTuningJobName"]
@@ -215,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             static = static_hyperparameters(args.strategy, jobs.hyperparameter_args(args.hyperparameters))
             resources = jobs.resources_from_args(args)
+            static.update(resources.distribution_hyperparameters(
+                jobs.batch_sizes(static, tuned_space(args.strategy))))
             early_stopping_type(args.strategy, args.early_stopping)
             context = settings.connect(args, needs=("role_arn", "bucket"))
             data = jobs.require_s3_prefix(context, args.data or context.config.data_uri())
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME, TUNING_JOB_NAME_LIMIT)
             tuner = build_tuner(context, image, args.strategy, static, resources, args.max_jobs,
                                 args.max_parallel_jobs, args.early_stopping)
-            tuner.tune(inputs={jobs.CHANNEL: data}, job_name=job_name, wait=False)
+            tuner.tune(inputs=input_channels(resources, data), job_name=job_name, wait=False)
             print(f"started tuning job {job_name} ({args.strategy}, {args.max_jobs} trials on {image})",
                   file=sys.stderr)
             if not args.wait:

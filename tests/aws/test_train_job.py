@@ -303,3 +303,35 @@ def test_cli_custom_rules_need_the_debugger(pushed, tmp_path):
                         "--role-arn", ROLE_ARN, "--bucket", BUCKET])
     assert "--custom-rules needs the Debugger hook" in str(exit_info.value.code)
     assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_two_instances_make_one_data_parallel_job():
+    resources = jobs.JobResources(instance_type="ml.g5.12xlarge", instance_count=2,
+                                  s3_data_distribution="ShardedByS3Key")
+    request = train_job.training_job_request(spec(resources=resources))
+    validate_against_api("CreateTrainingJob", request)
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    # What the SDK sets for distribution={"torch_distributed": {"enabled": True}}; the toolkit reads it.
+    assert request["HyperParameters"] == {"epochs": "3", "learning-rate": "0.01",
+                                          "sagemaker_torch_distributed_enabled": "true"}
+    source = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert source["S3DataDistributionType"] == "ShardedByS3Key"
+    one = train_job.training_job_request(spec())
+    assert one["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "FullyReplicated"
+    assert "sagemaker_torch_distributed_enabled" not in one["HyperParameters"]  # the container decides by GPUs
+    with pytest.raises(LaunchError, match=r"batch-size 64 .* 3 training processes .* use 63 or 66"):
+        train_job.training_job_request(spec(resources=jobs.JobResources(instance_count=3), hyperparameters={}))
+    with pytest.raises(LaunchError, match="2 instances need data-parallel training"):
+        jobs.JobResources(instance_count=2, data_parallel=False)
+
+
+def test_cli_two_instances_on_moto(pushed, tmp_path):
+    train_job.main(["--job-name", "classifier-train-ddp", "--no-wait", "--record", str(tmp_path / "job.json"),
+                    "--instance-count", "2", "--instance-type", "ml.g5.12xlarge", "--role-arn", ROLE_ARN,
+                    "--bucket", BUCKET, "--", "--batch-size", "128"])
+    stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-ddp")
+    assert stored["ResourceConfig"]["InstanceCount"] == 2
+    assert stored["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
+    assert stored["HyperParameters"] == {"batch-size": "128", "sagemaker_torch_distributed_enabled": "true"}
+    source = stored["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert source["S3DataDistributionType"] == "FullyReplicated"

@@ -195,3 +195,25 @@ def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     assert message in str(exit_info.value.code)
     listed = boto3.client("sagemaker").list_hyper_parameter_tuning_jobs()
     assert listed["HyperParameterTuningJobSummaries"] == []
+
+
+def test_trials_on_two_instances_carry_the_distribution_settings(pushed):
+    recording = RecordingSession()
+    context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
+    resources = jobs.JobResources(instance_type="ml.g5.12xlarge", instance_count=2, spot=False,
+                                  s3_data_distribution="ShardedByS3Key")
+    static = tune.static_hyperparameters("Bayesian", {})
+    static.update(resources.distribution_hyperparameters(jobs.batch_sizes(static, tune.tuned_space("Bayesian"))))
+    tuner = tune.build_tuner(context, pushed["train"], "Bayesian", static, resources, max_jobs=2,
+                             max_parallel_jobs=1)
+    tuner.tune(inputs=tune.input_channels(resources, CONFIG.data_uri()), job_name="classifier-tune-ddp",
+               wait=False)
+    definition = recording.only("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition["ResourceConfig"]["InstanceCount"] == 2
+    assert definition["StaticHyperParameters"] == {"sagemaker_torch_distributed_enabled": "true"}
+    source = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert (source["S3Uri"], source["S3DataDistributionType"]) == (CONFIG.data_uri(), "ShardedByS3Key")
+    # Every batch size the search may pick must divide among the instances.
+    with pytest.raises(LaunchError, match="batch-size 32 .* 3 training processes"):
+        jobs.JobResources(instance_count=3).distribution_hyperparameters(
+            jobs.batch_sizes(static, tune.tuned_space("Bayesian")))
