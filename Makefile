@@ -24,6 +24,8 @@ stamp = $(VENV)/$(1)/.installed-$(shell sha256sum $(2) | cut -c1-16)
 TRAIN_ENV := $(call stamp,train,docker/train/requirements.txt)
 SERVE_ENV := $(call stamp,serve,docker/serve/requirements.txt)
 DEV_ENV := $(call stamp,dev,tests/requirements.txt)
+# sdk: SageMaker Python SDK v2 local mode, the client one Docker test drives the training image with.
+SDK_ENV := $(call stamp,sdk,tests/containers/sdk-requirements.txt)
 
 define make_venv
 	rm -rf $(VENV)/$(1)
@@ -43,6 +45,9 @@ $(SERVE_ENV):
 $(DEV_ENV):
 	$(call make_venv,dev,tests/requirements.txt,)
 
+$(SDK_ENV):
+	$(call make_venv,sdk,tests/containers/sdk-requirements.txt,)
+
 .PHONY: setup
 setup: $(TRAIN_ENV) $(SERVE_ENV) $(DEV_ENV) ## create the train, serve and dev environments (idempotent)
 
@@ -52,10 +57,11 @@ lock: ## re-resolve the pinned requirements files from their .in files (needs uv
 	$(LOCK) docker/train/requirements.in -o docker/train/requirements.txt
 	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) docker/serve/requirements.in -o docker/serve/requirements.txt
 	cd tests && $(LOCK) requirements.in -o requirements.txt
+	cd tests/containers && $(LOCK) sdk-requirements.in -o sdk-requirements.txt
 
 # ---------------------------------------------------------------- checks
 .PHONY: test
-test: setup ## run the whole test suite (Docker tests included)
+test: setup $(SDK_ENV) ## run the whole test suite (Docker tests included)
 	$(DEV_PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
@@ -87,13 +93,16 @@ HP_FILE ?= $(wildcard runs/aws/best-hyperparameters.json)
 upload-data: $(DEV_ENV) ## put dogImages in S3: downloaded, or DATA=<ImageFolder folder or .zip>; resumable
 	$(DEV_PY) -m scripts.aws.upload_data $(if $(DATA),--data "$(DATA)",--download)
 
+# INSTANCE_TYPE=ml.g5.12xlarge INSTANCE_COUNT=2: a job (or each tuning trial) on several GPUs and instances.
+JOB_COMPUTE = $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)) $(if $(INSTANCE_COUNT),--instance-count $(INSTANCE_COUNT))
+
 .PHONY: tune
 tune: $(DEV_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --max-jobs 12 --no-wait", HP= static
-	$(DEV_PY) -m scripts.aws.tune $(TUNE_ARGS) -- $(HP)
+	$(DEV_PY) -m scripts.aws.tune $(JOB_COMPUTE) $(TUNE_ARGS) -- $(HP)
 
 .PHONY: train
-train: $(DEV_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=
-	$(DEV_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(TRAIN_ARGS) -- $(HP)
+train: $(DEV_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS= [INSTANCE_COUNT=2]
+	$(DEV_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(JOB_COMPUTE) $(TRAIN_ARGS) -- $(HP)
 
 .PHONY: deploy
 deploy: $(DEV_ENV) ## create or update ENDPOINT from the last `make train` (or TRAINING_JOB=, MODEL_DATA=s3://, MODEL=<tar.gz>)

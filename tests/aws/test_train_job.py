@@ -317,10 +317,13 @@ def test_two_instances_make_one_data_parallel_job():
     source = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]
     assert source["S3DataDistributionType"] == "ShardedByS3Key"
     one = train_job.training_job_request(spec())
-    assert one["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "FullyReplicated"
-    assert "sagemaker_torch_distributed_enabled" not in one["HyperParameters"]  # the container decides by GPUs
+    one_source = one["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert one_source["S3DataDistributionType"] == "FullyReplicated"
+    # One instance: no setting; the container runs one process per GPU when it has several.
+    assert "sagemaker_torch_distributed_enabled" not in one["HyperParameters"]
     with pytest.raises(LaunchError, match=r"batch-size 64 .* 3 training processes .* use 63 or 66"):
-        train_job.training_job_request(spec(resources=jobs.JobResources(instance_count=3), hyperparameters={}))
+        train_job.training_job_request(
+            spec(resources=jobs.JobResources(instance_count=3), hyperparameters={}))
     with pytest.raises(LaunchError, match="2 instances need data-parallel training"):
         jobs.JobResources(instance_count=2, data_parallel=False)
 

@@ -203,7 +203,8 @@ def test_trials_on_two_instances_carry_the_distribution_settings(pushed):
     resources = jobs.JobResources(instance_type="ml.g5.12xlarge", instance_count=2, spot=False,
                                   s3_data_distribution="ShardedByS3Key")
     static = tune.static_hyperparameters("Bayesian", {})
-    static.update(resources.distribution_hyperparameters(jobs.batch_sizes(static, tune.tuned_space("Bayesian"))))
+    batch_sizes = jobs.batch_sizes(static, tune.tuned_space("Bayesian"))
+    static.update(resources.distribution_hyperparameters(batch_sizes))
     tuner = tune.build_tuner(context, pushed["train"], "Bayesian", static, resources, max_jobs=2,
                              max_parallel_jobs=1)
     tuner.tune(inputs=tune.input_channels(resources, CONFIG.data_uri()), job_name="classifier-tune-ddp",
@@ -214,6 +215,5 @@ def test_trials_on_two_instances_carry_the_distribution_settings(pushed):
     source = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]
     assert (source["S3Uri"], source["S3DataDistributionType"]) == (CONFIG.data_uri(), "ShardedByS3Key")
     # Every batch size the search may pick must divide among the instances.
-    with pytest.raises(LaunchError, match="batch-size 32 .* 3 training processes"):
-        jobs.JobResources(instance_count=3).distribution_hyperparameters(
-            jobs.batch_sizes(static, tune.tuned_space("Bayesian")))
+    with pytest.raises(LaunchError, match=r"batch-size 32 .* 3 training processes"):
+        jobs.JobResources(instance_count=3).distribution_hyperparameters(batch_sizes)
