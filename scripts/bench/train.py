@@ -14,6 +14,9 @@ In one process, on one generated dataset, with one seed, for each image size:
   difference in total time over all steps, save steps included. CPU time is reported too:
   it is less sensitive to other processes than wall time.
 
+A last section (``scripts.bench.data_parallel``) trains the whole trainer with one process and
+with two (DDP), for images/s and test accuracy.
+
 Writes a Markdown report (default ``benchmarks/train.md``).
 """
 
@@ -40,6 +43,7 @@ from classifier.checkpoints import StopSignal
 from classifier.data import build_loaders, load_splits
 from classifier.debugger import LOCAL_COLLECTIONS, Debugger
 from classifier.hyperparameters import build_parser
+from scripts.bench import data_parallel
 from scripts.datasets.sample import make_dataset
 
 DEFAULTS = build_parser().parse_args([])
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-interval", type=int, default=DEFAULTS.debugger_save_interval)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/train.md"))
+    parser.add_argument("--data-parallel", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train with one process and with two (a few minutes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     results = [measure(args, data, size, workdir) for size in args.image_sizes]
 
     text = report(args, results)
+    if args.data_parallel:
+        text += data_parallel.report(data_parallel.measure(workdir), markdown_table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
