@@ -30,7 +30,7 @@ import os
 import socket
 import time
 
-from sagemaker_training import entry_point, environment, errors, runner
+from sagemaker_training import entry_point, environment, errors, files, runner
 
 from classifier.distribution import PROCESSES_PER_HOST, launch_plan
 
@@ -78,4 +78,14 @@ def main() -> None:
         runner.TorchDistributedRunnerType, env.user_entry_point, env.to_cmd_args(), env_vars,
         {PROCESSES_PER_HOST: plan.processes_per_host},
     )
-    torchrun.run(capture_error=False, wait=True)  # raises ExecuteUserScriptError on a failure
+    try:
+        torchrun.run(capture_error=False, wait=True)
+    except errors.ExecuteUserScriptError as error:
+        # Kept if a trainer wrote its reason (rank and host); else this host's processes died without
+        # one (SIGKILL, or NCCL's watchdog aborting them), and torchrun's "Root Cause" names the rank.
+        files.write_failure_file(
+            f"training process(es) on {env.current_host} ended without a reason of their own (torchrun "
+            f"exit {error.return_code}): killed (out of memory?), or stopped by NCCL's watchdog after "
+            "distributed-timeout; torchrun's \"Root Cause\" in this host's log names the rank"
+        )
+        raise
