@@ -57,6 +57,7 @@ FAILURE_NOTICE_GRACE_S = 2.0
 FIRST_HOST_GRACE_S = 120.0
 _FAILURE_KEYS = "classifier/failure"
 _IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})")
+_BARRIER_MISSES = re.compile(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier")
 # What gloo, NCCL and torch say when a peer is gone or silent.
 _LOST_CONTACT_SIGNS = (
     "Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out", "Timed out",
@@ -300,9 +301,14 @@ class Cluster:
         return found
 
     def lost_peers(self, message: str) -> list[Peer]:
-        """The processes a communication error points at (by the addresses in its message)."""
+        """The processes a communication error points at: by the addresses in its message (gloo),
+        or by rank (a monitored barrier's "Rank 1 failed to pass" / "Ranks 1, 2 failed to pass")."""
         addresses = set(_IPV4.findall(message))
-        return [peer for peer in self.peers if peer.rank != self.rank and peer.address in addresses]
+        ranks = {int(rank) for found in _BARRIER_MISSES.findall(message) for rank in found.split(",")}
+        return [
+            peer for peer in self.peers
+            if peer.rank != self.rank and (peer.address in addresses or peer.rank in ranks)
+        ]
 
     def explain_lost_contact(self, message: str) -> str:
         """Why this process lost its peers: the reason one of them published, else which one went silent."""

@@ -137,6 +137,8 @@ def test_a_silent_peer_is_named_by_its_address():
     ]
     message = "RuntimeError: [pair.cc:553] Connection closed by peer [172.20.0.3]:3786"
     assert [peer.rank for peer in cluster.lost_peers(message)] == [1]
+    barrier = "waiting for every process (the end of training): Ranks 1, 2 failed to pass monitoredBarrier"
+    assert [peer.rank for peer in cluster.lost_peers(barrier)] == [1, 2]
     explanation = cluster.explain_lost_contact(message)
     assert explanation.startswith("lost contact with rank 1 on algo-2, which ended without giving a reason")
     assert distributed.is_communication_error(RuntimeError(message))
