@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 # Seconds to wait for a failed peer's published reason before naming it without one.
 FAILURE_NOTICE_GRACE_S = 2.0
-# Seconds the other hosts wait at the end for the first host's launcher to finish (see finish()).
-FIRST_HOST_GRACE_S = 120.0
 _FAILURE_KEYS = "classifier/failure"
 _IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})")
 _BARRIER_MISSES = re.compile(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier")
@@ -456,29 +454,13 @@ def _configure_logging(cluster: Cluster) -> None:
         root.setLevel(logging.WARNING)
 
 
-def finish(first_host_grace_s: float = FIRST_HOST_GRACE_S) -> None:
-    """Leaves the process group once every process is done (rank 0 has written the artifact).
-
-    Processes on the other hosts then wait, up to ``first_host_grace_s``, until the first host's
-    torchrun has ended (its key-value store closes): where a job ends as soon as any container
-    exits (SageMaker SDK local mode runs ``docker-compose up --abort-on-container-exit``), the
-    first host must not be stopped while it still reports its success.
-    """
+def finish() -> None:
+    """Leaves the process group once every process is done, so that none has left before rank 0
+    wrote the artifact (torchrun's agents then leave together, at their exit barrier)."""
     cluster = current()
-    if not (cluster.enabled and dist.is_initialized()):
-        return
-    cluster.barrier("the end of training")
-    dist.destroy_process_group()
-    if cluster.store is None or cluster.host == cluster.peers[0].host:
-        return
-    logger.info("waiting for the first host (%s) to finish", cluster.peers[0].host)
-    deadline = time.monotonic() + first_host_grace_s
-    while time.monotonic() < deadline:
-        try:
-            cluster.store.check(["done"])
-        except Exception:  # the store's connection closed: the first host's torchrun has ended
-            return
-        time.sleep(0.5)
+    if cluster.enabled and dist.is_initialized():
+        cluster.barrier("the end of training")
+        dist.destroy_process_group()
 
 
 def sum_across_ranks(*values: float) -> list[float]:

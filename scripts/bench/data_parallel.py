@@ -18,6 +18,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from classifier import artifact
@@ -56,6 +57,7 @@ class Result:
     images_per_s: float
     test_accuracy: float
     wall_s: float
+    load_before: float  # the machine's 1-minute load average when the run started
 
 
 def setups(cores: int) -> list[Setup]:
@@ -80,6 +82,7 @@ def run(setup: Setup, data: Path, out: Path, train_images: int, weights: Path) -
     """One whole training run; raises RuntimeError with the log's end when it fails."""
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(setup.threads)  # torchrun and the trainer keep a value given
+    load_before = os.getloadavg()[0]
     try:
         started = time.monotonic()
         result = run_training(data, out, {**RECIPE, "weights-path": str(weights)}, timeout=RUN_TIMEOUT_S,
@@ -95,7 +98,7 @@ def run(setup: Setup, data: Path, out: Path, train_images: int, weights: Path) -
     recorded = json.loads((out / "model" / artifact.METRICS_FILE).read_text())
     epoch_seconds = sum(epoch["seconds"] for epoch in recorded["epochs"])
     return Result(setup, train_images * len(recorded["epochs"]) / epoch_seconds,
-                  recorded["test"]["test_accuracy"], wall)
+                  recorded["test"]["test_accuracy"], wall, load_before)
 
 
 def measure(workdir: Path, cores: int | None = None) -> list[Result]:
@@ -112,7 +115,9 @@ def report(results: list[Result], table) -> str:
     """The Markdown section (``table`` renders a header and rows, as the rest of the report does)."""
     baseline = results[0].images_per_s
     rows = [[r.setup.label, f"{r.images_per_s:.1f}", f"{r.images_per_s / baseline:.2f}x",
-             f"{r.test_accuracy:.1%}", f"{r.wall_s:.0f}"] for r in results]
+             f"{r.test_accuracy:.1%}", f"{r.wall_s:.0f}", f"{r.load_before:.1f}"] for r in results]
+    cores = os.cpu_count() or 1
+    busy = max(r.load_before for r in results) > cores / 2
     accuracies = [r.test_accuracy for r in results]
     spread = max(accuracies) - min(accuracies)
     verdict = "within" if spread <= 0.02 else "NOT within"
@@ -123,9 +128,12 @@ def report(results: list[Result], table) -> str:
 
 **Test accuracy {verdict} 2 points across the three runs (spread {spread:.1%}).** The whole trainer,
 run as a job runs it ({", ".join(f"{n} {c}" for n, c in COUNTS.items())} images per class, 3
-classes; {recipe}); images/s = training images per second of epoch time.
+classes; {recipe}); images/s = training images per second of epoch time. Measured
+{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {cores} CPU cores{
+", BUSY with other work (load average above): the images/s are indicative only" if busy else ""}.
 
-{table(["setup", "training images/s", "vs 1 thread", "test accuracy", "run, s (startup included)"], rows)}
+{table(["setup", "training images/s", "vs 1 thread", "test accuracy", "run, s (startup included)",
+        "load average at start"], rows)}
 
 What this machine can and cannot show: two processes on two CPU cores do the work of one process
 with two threads, plus an exchange of every gradient per step (gloo over loopback) and a
