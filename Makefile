@@ -7,6 +7,8 @@ VENV := .venv
 TRAIN_PY := $(VENV)/train/bin/python
 SERVE_PY := $(VENV)/serve/bin/python
 DEV_PY := $(VENV)/dev/bin/python
+LAUNCH_PY := $(VENV)/launch/bin/python
+LAUNCH_TEST_PY := $(VENV)/launch-test/bin/python
 # The serving image's CPU-only torch: from PyTorch's CPU index, or a local wheelhouse (TORCH_FIND_LINKS).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_FIND_LINKS ?=
@@ -17,20 +19,24 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- environments
-# Each environment is built from a hash-locked requirements file and rebuilt when that file's
-# content changes (the stamp's name carries its hash; mtimes from git checkouts mean nothing).
-# train: the training image's Python; serve: the serving image's; dev: tests, launchers, report.
-stamp = $(VENV)/$(1)/.installed-$(shell sha256sum $(2) | cut -c1-16)
+# Each environment is built from hash-locked requirements files and rebuilt when their content
+# changes (the stamp's name carries their hash; mtimes from git checkouts mean nothing).
+# train: the training image's Python; serve: the serving image's; dev: the trainer, serving, container
+# and report tests; launch: the launchers, the report and the demo (no torch: any Linux or macOS machine);
+# launch-test: the launch lock plus pytest and moto, where the launcher tests run.
+stamp = $(VENV)/$(1)/.installed-$(shell cat $(2) | sha256sum | cut -c1-16)
 TRAIN_ENV := $(call stamp,train,docker/train/requirements.txt)
 SERVE_ENV := $(call stamp,serve,docker/serve/requirements.txt)
 DEV_ENV := $(call stamp,dev,tests/requirements.txt)
+LAUNCH_ENV := $(call stamp,launch,scripts/requirements.txt)
+LAUNCH_TEST_ENV := $(call stamp,launch-test,scripts/requirements.txt tests/requirements-launch.txt)
 # sdk: SageMaker Python SDK v2 local mode, the client one Docker test drives the training image with.
 SDK_ENV := $(call stamp,sdk,tests/containers/sdk-requirements.txt)
 
 define make_venv
 	rm -rf $(VENV)/$(1)
 	$(PYTHON) -m venv $(VENV)/$(1)
-	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) -r $(2)
+	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) $(addprefix -r ,$(2))
 	touch $@
 endef
 
@@ -48,21 +54,77 @@ $(DEV_ENV):
 $(SDK_ENV):
 	$(call make_venv,sdk,tests/containers/sdk-requirements.txt,)
 
-.PHONY: setup
-setup: $(TRAIN_ENV) $(SERVE_ENV) $(DEV_ENV) ## create the train, serve and dev environments (idempotent)
+# The launch lock has wheels for Python 3.11 and 3.12 only (smdebug's numpy<2 has none for 3.13).
+# --no-compile: modules are byte-compiled when first imported, not all 110 MB of them at install.
+check_launch_python = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 11), (3, 12)) else \
+	f"the launch environment needs Python 3.11 or 3.12 ({sys.executable} is {sys.version.split()[0]}): make setup-launch PYTHON=python3.12")'
+$(LAUNCH_ENV):
+	$(check_launch_python)
+	$(call make_venv,launch,scripts/requirements.txt,--no-compile)
+
+$(LAUNCH_TEST_ENV):
+	$(check_launch_python)
+	$(call make_venv,launch-test,scripts/requirements.txt tests/requirements-launch.txt,--no-compile)
+
+.PHONY: setup setup-launch
+setup: $(TRAIN_ENV) $(SERVE_ENV) $(DEV_ENV) $(LAUNCH_ENV) $(LAUNCH_TEST_ENV) ## create every environment (idempotent)
+
+setup-launch: $(LAUNCH_ENV) ## create only the launchers' environment (no torch; Linux or macOS): enough for AWS and make demo
 
 LOCK := uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple
-.PHONY: lock
+# The launch lock and its test tools' lock are universal: one file for Linux and macOS, x86_64 and arm64.
+UNIVERSAL_LOCK := uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 --universal --index-url https://pypi.org/simple
+# Declared dependencies the launchers never import, left out of the launch lock (why: scripts/requirements.in).
+LAUNCH_LEFT_OUT := scipy pyinstrument pyinstrument-cext
+LAUNCH_PLATFORMS := x86_64-manylinux_2_28 aarch64-manylinux_2_28 x86_64-apple-darwin aarch64-apple-darwin
+.PHONY: lock check-launch-lock
 lock: ## re-resolve the pinned requirements files from their .in files (needs uv)
 	$(LOCK) docker/train/requirements.in -o docker/train/requirements.txt
 	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) docker/serve/requirements.in -o docker/serve/requirements.txt
-	cd tests && $(LOCK) requirements.in -o requirements.txt
+	$(UNIVERSAL_LOCK) $(addprefix --no-emit-package ,$(LAUNCH_LEFT_OUT)) scripts/requirements.in -o scripts/requirements.txt
+	cd tests && $(UNIVERSAL_LOCK) -c ../scripts/requirements.txt \
+		$$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' ../scripts/requirements.txt) \
+		requirements-launch.in -o requirements-launch.txt
+	cd tests && $(LOCK) -c ../scripts/requirements.txt requirements.in -o requirements.txt
 	cd tests/containers && $(LOCK) sdk-requirements.in -o sdk-requirements.txt
+	$(MAKE) --no-print-directory check-launch-lock
+
+check-launch-lock: ## check that every launch pin has a wheel for Linux and macOS, x86_64 and arm64 (needs uv)
+	@rm -rf build/lock-check
+	@for python in 3.11 3.12; do for platform in $(LAUNCH_PLATFORMS); do \
+		uv pip install --quiet --dry-run --no-deps --only-binary :all: --require-hashes --index-url https://pypi.org/simple \
+			--python-version $$python --python-platform $$platform --target build/lock-check \
+			-r scripts/requirements.txt || exit 1; \
+		echo "launch lock: a wheel for every pin on $$platform, Python $$python"; \
+	done; done; rm -rf build/lock-check
 
 # ---------------------------------------------------------------- checks
-.PHONY: test
-test: setup $(SDK_ENV) ## run the whole test suite (Docker tests included)
-	$(DEV_PY) -m pytest $(PYTEST_ARGS)
+# The launcher tests run in .venv/launch-test (the launch lock plus pytest and moto: no torch), so they
+# prove the launchers work where users run them; everything else runs in .venv/dev. Both runs go on
+# when one fails, and the target fails if either did. PYTEST_ARGS: options for both (-x, -k ..., not paths);
+# a run that selects no test (pytest's exit 5) is no failure.
+LAUNCHER_TESTS := tests/test_launch_environment.py tests/aws tests/classifier tests/report/test_report_job.py
+define run_tests
+	@status=0; \
+	for run in "$(LAUNCH_TEST_PY) -m pytest $(LAUNCHER_TESTS)" "$(DEV_PY) -m pytest $(addprefix --ignore=,$(LAUNCHER_TESTS))"; do \
+		echo "==> $$run $(1)"; \
+		eval "$$run $(1)"; code=$$?; \
+		if [ $$code -ne 0 ] && [ $$code -ne 5 ]; then status=$$code; fi; \
+	done; \
+	exit $$status
+endef
+
+.PHONY: test test-fast
+test: setup $(SDK_ENV) ## run the whole test suite (Docker tests included); PYTEST_ARGS="-x -k ..." for both runs
+	$(call run_tests,$(PYTEST_ARGS))
+
+test-fast: setup ## everything but the Docker tests (the inner loop)
+	$(call run_tests,-m 'not docker' $(PYTEST_ARGS))
+
+# runs/, old image tags (all but latest and the git SHA) and, confirmed, the private engine's data.
+.PHONY: clean
+clean: ## remove runs/ and old image tags; the private Docker engine's data if you confirm (CONFIRM=yes|no)
+	$(PYTHON) -m scripts.clean $(if $(CONFIRM),--engine-data $(CONFIRM))
 
 .PHONY: lint
 lint: $(DEV_ENV) ## ruff
@@ -90,41 +152,41 @@ ENDPOINT ?= sagemaker-classifier
 HP_FILE ?= $(wildcard runs/aws/best-hyperparameters.json)
 
 .PHONY: upload-data
-upload-data: $(DEV_ENV) ## put dogImages in S3: downloaded, or DATA=<ImageFolder folder or .zip>; resumable
-	$(DEV_PY) -m scripts.aws.upload_data $(if $(DATA),--data "$(DATA)",--download)
+upload-data: $(LAUNCH_ENV) ## put dogImages in S3: downloaded, or DATA=<ImageFolder folder or .zip>; resumable
+	$(LAUNCH_PY) -m scripts.aws.upload_data $(if $(DATA),--data "$(DATA)",--download)
 
 # INSTANCE_TYPE=ml.g5.12xlarge INSTANCE_COUNT=2: a job (or each tuning trial) on several GPUs and instances.
 JOB_COMPUTE = $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)) $(if $(INSTANCE_COUNT),--instance-count $(INSTANCE_COUNT))
 
 .PHONY: tune
-tune: $(DEV_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --max-jobs 12 --no-wait", HP= static
-	$(DEV_PY) -m scripts.aws.tune $(JOB_COMPUTE) $(TUNE_ARGS) -- $(HP)
+tune: $(LAUNCH_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --max-jobs 12 --no-wait", HP= static
+	$(LAUNCH_PY) -m scripts.aws.tune $(JOB_COMPUTE) $(TUNE_ARGS) -- $(HP)
 
 .PHONY: train
-train: $(DEV_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS= [INSTANCE_COUNT=2]
-	$(DEV_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(JOB_COMPUTE) $(TRAIN_ARGS) -- $(HP)
+train: $(LAUNCH_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS= [INSTANCE_COUNT=2]
+	$(LAUNCH_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(JOB_COMPUTE) $(TRAIN_ARGS) -- $(HP)
 
 .PHONY: deploy
-deploy: $(DEV_ENV) ## create or update ENDPOINT from the last `make train` (or TRAINING_JOB=, MODEL_DATA=s3://, MODEL=<tar.gz>)
-	scripts/deploy.sh deploy --endpoint "$(ENDPOINT)" $(if $(TRAINING_JOB),--training-job "$(TRAINING_JOB)") \
+deploy: $(LAUNCH_ENV) ## create or update ENDPOINT from the last `make train` (or TRAINING_JOB=, MODEL_DATA=s3://, MODEL=<tar.gz>)
+	LAUNCH_PY=$(LAUNCH_PY) scripts/deploy.sh deploy --endpoint "$(ENDPOINT)" $(if $(TRAINING_JOB),--training-job "$(TRAINING_JOB)") \
 		$(if $(MODEL_DATA),--model-data "$(MODEL_DATA)") $(if $(MODEL),--model-tar "$(MODEL)") $(DEPLOY_ARGS)
 
 .PHONY: invoke
-invoke: $(DEV_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=http://127.0.0.1:8080), K=5
+invoke: $(LAUNCH_ENV) ## top-k breeds of IMAGE=<file> from ENDPOINT (or from URL=http://127.0.0.1:8080), K=5
 	@test -n "$(IMAGE)" || { echo "usage: make invoke IMAGE=<image file> [ENDPOINT=... | URL=...] [K=3]"; exit 2; }
-	$(DEV_PY) -m scripts.aws.invoke "$(IMAGE)" $(if $(URL),--url "$(URL)",--endpoint "$(ENDPOINT)") $(if $(K),--k $(K))
+	$(LAUNCH_PY) -m scripts.aws.invoke "$(IMAGE)" $(if $(URL),--url "$(URL)",--endpoint "$(ENDPOINT)") $(if $(K),--k $(K))
 
 .PHONY: teardown
-teardown: $(DEV_ENV) ## delete ENDPOINT, its endpoint config and its model
-	scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
+teardown: $(LAUNCH_ENV) ## delete ENDPOINT, its endpoint config and its model
+	LAUNCH_PY=$(LAUNCH_PY) scripts/deploy.sh teardown --endpoint "$(ENDPOINT)"
 
 # ---------------------------------------------------------------- debugging report
 # Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
 REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
 .PHONY: report
-report: $(DEV_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+report: $(LAUNCH_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
-	$(DEV_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+	$(LAUNCH_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
 
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
@@ -150,8 +212,8 @@ build: ## build both images for linux/amd64, tagged with the git short SHA and l
 	$(PYTHON) -m scripts.containers.build train serve
 
 .PHONY: push
-push: $(DEV_ENV) ## create missing ECR repositories, log in, tag and push both images (AWS settings as for train)
-	$(DEV_PY) -m scripts.containers.push train serve
+push: $(LAUNCH_ENV) ## create missing ECR repositories, log in, tag and push both images (AWS settings as for train)
+	$(LAUNCH_PY) -m scripts.containers.push train serve
 
 .PHONY: local-train
 local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> [INSTANCES=2] HP="--epochs 2"
@@ -164,8 +226,8 @@ local-serve: ## serve a model.tar.gz in the serving container: make local-serve 
 	$(PYTHON) -m scripts.containers.local_mode serve --model "$(MODEL)" --port $(PORT)
 
 .PHONY: demo
-demo: $(DEV_ENV) ## end to end in containers: sample data (or DATA=dogImages), build, train, serve, predict top-5
-	$(DEV_PY) -m scripts.demo $(if $(DATA),--data "$(DATA)") $(if $(HP),-- $(HP))
+demo: $(LAUNCH_ENV) ## end to end in containers: sample data (or DATA=dogImages), build, train, serve, predict top-5
+	$(LAUNCH_PY) -m scripts.demo $(if $(DATA),--data "$(DATA)") $(if $(HP),-- $(HP))
 
 .PHONY: engine-stop
 engine-stop: ## stop the private Docker engine if one was left running

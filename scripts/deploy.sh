@@ -9,7 +9,7 @@
 # scripts/aws/deploy.py (python -m scripts.aws.deploy --help); this is its shell entry point.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="${DEV_PY:-$root/.venv/dev/bin/python}"
+python="${LAUNCH_PY:-$root/.venv/launch/bin/python}"  # make setup-launch
 export PYTHONPATH="$root/code:$root${PYTHONPATH:+:$PYTHONPATH}"
 command=deploy
 if [[ "${1:-}" == "teardown" || "${1:-}" == "deploy" ]]; then

@@ -22,6 +22,15 @@ TRAINED_RUN_HYPERPARAMETERS = {
     "resource-sample-seconds": 0.2,
 }
 TRAINING_TIMEOUT_S = 600
+# What each SageMaker Debugger built-in rule reads (AWS's list of built-in rules): the launcher's
+# DebugHookConfig must make the trainer's hook save these collections.
+RULE_COLLECTIONS = {
+    "VanishingGradient": "gradients",
+    "Overfit": "losses",
+    "Overtraining": "losses",
+    "PoorWeightInitialization": "relu_input",
+    "LossNotDecreasing": "losses",
+}
 
 
 def fail_with_log(message: str, log: str) -> None:

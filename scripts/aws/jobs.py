@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier import metrics
 from classifier.dataset import COMBINED_CHANNEL
 from classifier.distribution import (
     S3_DATA_DISTRIBUTIONS,
@@ -74,15 +75,10 @@ class JobResources:
         enabled = self.data_parallel if self.data_parallel is not None else self.instance_count > 1
         return distribution_hyperparameters(enabled) if enabled or self.data_parallel is False else {}
 
-    def input_data_config(self, data_uri: str) -> list[dict]:
-        """The request's InputDataConfig: the dataset as the one ``training`` channel."""
-        return [{
-            "ChannelName": CHANNEL,
-            "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": data_uri,
-                "S3DataDistributionType": self.s3_data_distribution,
-            }},
-        }]
+    def resource_config(self) -> dict:
+        """The API's ResourceConfig."""
+        return {"InstanceType": self.instance_type, "InstanceCount": self.instance_count,
+                "VolumeSizeInGB": self.volume_gb}
 
     def stopping_condition(self) -> dict[str, int]:
         """The API's StoppingCondition; spot jobs wait up to twice their run time unless told."""
@@ -90,6 +86,26 @@ class JobResources:
         if self.spot:
             condition["MaxWaitTimeInSeconds"] = self.max_wait_seconds or 2 * self.max_run_seconds
         return condition
+
+
+def algorithm_specification(image_uri: str) -> dict:
+    """Our image, in File mode, with the regexes SageMaker reads the trainer's metric lines with."""
+    return {
+        "TrainingImage": image_uri,
+        "TrainingInputMode": "File",
+        "MetricDefinitions": [dict(definition) for definition in metrics.METRIC_DEFINITIONS],
+    }
+
+
+def input_data_config(data_uri: str, distribution: str = S3_FULLY_REPLICATED) -> list[dict]:
+    """The one data channel: the dataset's S3 prefix, copied whole to every instance, or each
+    file to one of them (``ShardedByS3Key``)."""
+    return [{
+        "ChannelName": CHANNEL,
+        "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": distribution,
+        }},
+    }]
 
 
 def resources_from_args(args: argparse.Namespace) -> JobResources:

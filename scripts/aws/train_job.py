@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import botocore.exceptions
 
-from classifier import metrics, sagemaker_env
+from classifier import sagemaker_env
 from classifier.hyperparameters import build_parser
 from scripts.aws import custom_rules, debugger_config, ecr, jobs, settings
 from scripts.aws.jobs import JobResources
@@ -81,22 +81,15 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         "TrainingJobName": spec.job_name,
         "RoleArn": spec.role_arn,
         "AlgorithmSpecification": {
-            "TrainingImage": spec.image_uri,
-            "TrainingInputMode": "File",
-            "MetricDefinitions": [dict(d) for d in metrics.METRIC_DEFINITIONS],
-            "EnableSageMakerMetricsTimeSeries": True,
+            **jobs.algorithm_specification(spec.image_uri), "EnableSageMakerMetricsTimeSeries": True,
         },
         "HyperParameters": {
             **spec.hyperparameters,
             **resources.distribution_hyperparameters(jobs.batch_sizes(spec.hyperparameters)),
         },
-        "InputDataConfig": resources.input_data_config(spec.data_uri),
+        "InputDataConfig": jobs.input_data_config(spec.data_uri, resources.s3_data_distribution),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
-        "ResourceConfig": {
-            "InstanceType": resources.instance_type,
-            "InstanceCount": resources.instance_count,
-            "VolumeSizeInGB": resources.volume_gb,
-        },
+        "ResourceConfig": resources.resource_config(),
         "StoppingCondition": resources.stopping_condition(),
         "EnableManagedSpotTraining": resources.spot,
         # Synced to S3 while the job runs; a spot job interrupted and restarted resumes from it.

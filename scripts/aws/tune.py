@@ -1,4 +1,4 @@
-"""Hyperparameter tuning on SageMaker with our training image (SageMaker Python SDK v3).
+"""Hyperparameter tuning on SageMaker with our training image.
 
     python -m scripts.aws.tune [--strategy Bayesian|Random|Hyperband] [--max-jobs 8]
                            [--max-parallel-jobs 2] [--no-wait] [-- --model-name resnet50 ...]
@@ -14,6 +14,10 @@ which ``scripts.aws.train_job --hyperparameters-file`` reads.
 Hyperband tunes the number of epochs itself: ``epochs`` leaves the ranges, its range becomes
 Hyperband's min/max resource and the trials run with its maximum; SageMaker's per-job early
 stopping is then off, as Hyperband requires.
+
+The CreateHyperParameterTuningJob request is built by a pure function (``tuning_job_request``)
+and sent with boto3, as ``scripts.aws.train_job`` does for training jobs: the launchers need no
+more of the SageMaker SDK than its Debugger rule configurations.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import botocore.exceptions
 
 from classifier import metrics
 from classifier.hyperparameters import SEARCH_SPACE, CategoricalValues, ContinuousRange, IntegerRange
@@ -33,6 +42,9 @@ STRATEGIES = ("Bayesian", "Random", "Hyperband")
 HYPERBAND_RESOURCE = "epochs"  # the hyperparameter Hyperband allocates
 TUNING_JOB_NAME_LIMIT = 32
 JOB_BASE_NAME = "classifier-tune"
+POLL_SECONDS = 30
+FINISHED = ("Completed", "Stopped")  # a stopped job may still have a best training job
+FAILED = ("Failed",)
 
 
 def tuned_space(strategy: str, search_space=SEARCH_SPACE) -> dict:
@@ -44,19 +56,22 @@ def tuned_space(strategy: str, search_space=SEARCH_SPACE) -> dict:
     return dict(search_space)
 
 
-def parameter_ranges(space: dict) -> dict:
-    """SageMaker SDK parameter ranges for a search space of ``classifier.hyperparameters`` ranges."""
-    from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
-
-    ranges = {}
+def parameter_ranges(space: Mapping) -> dict[str, list[dict]]:
+    """The API's ParameterRanges for a search space of ``classifier.hyperparameters`` ranges."""
+    ranges: dict[str, list[dict]] = {
+        "ContinuousParameterRanges": [], "IntegerParameterRanges": [], "CategoricalParameterRanges": [],
+    }
     for name, spec in space.items():
         match spec:
             case ContinuousRange(min_value=low, max_value=high, scaling=scaling):
-                ranges[name] = ContinuousParameter(low, high, scaling)
+                ranges["ContinuousParameterRanges"].append(
+                    {"Name": name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": scaling})
             case IntegerRange(min_value=low, max_value=high, scaling=scaling):
-                ranges[name] = IntegerParameter(low, high, scaling)
+                ranges["IntegerParameterRanges"].append(
+                    {"Name": name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": scaling})
             case CategoricalValues(values=values):
-                ranges[name] = CategoricalParameter(list(values))
+                ranges["CategoricalParameterRanges"].append(
+                    {"Name": name, "Values": [str(value) for value in values]})
             case _:
                 raise LaunchError(f"search space entry {name!r} has an unknown range type {spec!r}")
     return ranges
@@ -83,6 +98,13 @@ def static_hyperparameters(strategy: str, given: dict[str, str], search_space=SE
     return jobs.check_hyperparameters(values)
 
 
+def check_limits(max_jobs: int, max_parallel_jobs: int) -> None:
+    if max_jobs < 1 or max_parallel_jobs < 1:
+        raise LaunchError("--max-jobs and --max-parallel-jobs must be at least 1")
+    if max_parallel_jobs > max_jobs:
+        raise LaunchError(f"--max-parallel-jobs ({max_parallel_jobs}) exceeds --max-jobs ({max_jobs})")
+
+
 def early_stopping_type(strategy: str, requested: str | None) -> str:
     """``Auto`` unless asked otherwise; always ``Off`` for Hyperband, which stops trials itself."""
     if strategy == "Hyperband":
@@ -92,71 +114,71 @@ def early_stopping_type(strategy: str, requested: str | None) -> str:
     return requested or "Auto"
 
 
-def build_tuner(context: AwsContext, image_uri: str, strategy: str, static: dict[str, str],
-                resources: JobResources, max_jobs: int, max_parallel_jobs: int,
-                early_stopping: str | None = None):
-    """A v3 ``HyperparameterTuner`` over a ``ModelTrainer`` on our image (nothing is sent yet)."""
-    from sagemaker.core.helper.session_helper import Session
-    from sagemaker.core.shapes import HyperbandStrategyConfig, HyperParameterTuningJobStrategyConfig
-    from sagemaker.core.training.configs import Compute, OutputDataConfig, StoppingCondition
-    from sagemaker.train import ModelTrainer
-    from sagemaker.train.tuner import HyperparameterTuner
+@dataclass(frozen=True)
+class TuningJobSpec:
+    """Everything a tuning job is made of; ``tuning_job_request`` turns it into the API call."""
 
-    if max_parallel_jobs > max_jobs:
-        raise LaunchError(f"--max-parallel-jobs ({max_parallel_jobs}) exceeds --max-jobs ({max_jobs})")
-    condition = resources.stopping_condition()
-    trainer = ModelTrainer(
-        sagemaker_session=Session(boto_session=context.session),
-        role=context.config.role_arn,
-        training_image=image_uri,
-        compute=Compute(
-            instance_type=resources.instance_type,
-            instance_count=resources.instance_count,
-            volume_size_in_gb=resources.volume_gb,
-            enable_managed_spot_training=resources.spot,
-        ),
-        stopping_condition=StoppingCondition(
-            max_runtime_in_seconds=condition["MaxRuntimeInSeconds"],
-            max_wait_time_in_seconds=condition.get("MaxWaitTimeInSeconds"),
-        ),
-        output_data_config=OutputDataConfig(s3_output_path=context.config.output_uri("tuning")),
-        hyperparameters=static,
-        base_job_name=JOB_BASE_NAME,
-    )
-    strategy_config = None
-    if strategy == "Hyperband":
-        resource = hyperband_resource_range()
-        strategy_config = HyperParameterTuningJobStrategyConfig(
-            hyperband_strategy_config=HyperbandStrategyConfig(
-                min_resource=resource.min_value, max_resource=resource.max_value
-            )
-        )
-    return HyperparameterTuner(
-        model_trainer=trainer,
-        objective_metric_name=metrics.OBJECTIVE_METRIC,
-        objective_type=metrics.OBJECTIVE_TYPE,
-        hyperparameter_ranges=parameter_ranges(tuned_space(strategy)),
-        metric_definitions=[dict(d) for d in metrics.METRIC_DEFINITIONS],
-        strategy=strategy,
-        strategy_config=strategy_config,
-        max_jobs=max_jobs,
-        max_parallel_jobs=max_parallel_jobs,
-        early_stopping_type=early_stopping_type(strategy, early_stopping),
-    )
+    job_name: str
+    image_uri: str
+    role_arn: str
+    data_uri: str
+    output_uri: str
+    strategy: str = "Bayesian"
+    static_hyperparameters: dict[str, str] = field(default_factory=dict)
+    resources: JobResources = field(default_factory=JobResources)
+    max_jobs: int = 8
+    max_parallel_jobs: int = 2
+    early_stopping: str | None = None  # None: Auto, or Off for Hyperband
+    search_space: Mapping = field(default_factory=lambda: SEARCH_SPACE)
+
+    def __post_init__(self):
+        tuned_space(self.strategy, self.search_space)  # a known strategy
+        check_limits(self.max_jobs, self.max_parallel_jobs)
+        early_stopping_type(self.strategy, self.early_stopping)
 
 
-def input_channels(resources: JobResources, data_uri: str) -> list:
-    """The trials' input channels as SDK v3 shapes, from the request part ``jobs`` builds."""
-    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+def tuning_job_request(spec: TuningJobSpec) -> dict:
+    """The CreateHyperParameterTuningJob parameters (pure: no AWS call).
 
-    return [
-        Channel(channel_name=channel["ChannelName"], data_source=DataSource(s3_data_source=S3DataSource(
-            s3_data_type=source["S3DataType"], s3_uri=source["S3Uri"],
-            s3_data_distribution_type=source["S3DataDistributionType"],
-        )))
-        for channel in resources.input_data_config(data_uri)
-        for source in [channel["DataSource"]["S3DataSource"]]
-    ]
+    Each trial is a training job like ``scripts.aws.train_job``'s without Debugger settings (no
+    tuning job can carry them) and without a checkpoint location (trials would share it).
+    """
+    resources = spec.resources
+    config = {
+        "Strategy": spec.strategy,
+        "HyperParameterTuningJobObjective": {
+            "Type": metrics.OBJECTIVE_TYPE, "MetricName": metrics.OBJECTIVE_METRIC,
+        },
+        "ResourceLimits": {
+            "MaxNumberOfTrainingJobs": spec.max_jobs, "MaxParallelTrainingJobs": spec.max_parallel_jobs,
+        },
+        "ParameterRanges": parameter_ranges(tuned_space(spec.strategy, spec.search_space)),
+        "TrainingJobEarlyStoppingType": early_stopping_type(spec.strategy, spec.early_stopping),
+    }
+    if spec.strategy == "Hyperband":
+        resource = hyperband_resource_range(spec.search_space)
+        config["StrategyConfig"] = {"HyperbandStrategyConfig": {
+            "MinResource": resource.min_value, "MaxResource": resource.max_value}}
+    # Each trial on several instances is one data-parallel job: every batch size the search may
+    # pick must divide among them.
+    batch_sizes = jobs.batch_sizes(spec.static_hyperparameters, tuned_space(spec.strategy, spec.search_space))
+    definition = {
+        "StaticHyperParameters": {
+            **spec.static_hyperparameters, **resources.distribution_hyperparameters(batch_sizes),
+        },
+        "AlgorithmSpecification": jobs.algorithm_specification(spec.image_uri),
+        "RoleArn": spec.role_arn,
+        "InputDataConfig": jobs.input_data_config(spec.data_uri, resources.s3_data_distribution),
+        "OutputDataConfig": {"S3OutputPath": spec.output_uri},
+        "ResourceConfig": resources.resource_config(),
+        "StoppingCondition": resources.stopping_condition(),
+        "EnableManagedSpotTraining": resources.spot,
+    }
+    return {
+        "HyperParameterTuningJobName": spec.job_name,
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": definition,
+    }
 
 
 def best_result(description: dict) -> dict:
@@ -182,26 +204,59 @@ def best_result(description: dict) -> dict:
     }
 
 
-def write_result(context: AwsContext, job_name: str, output: Path) -> dict:
-    description = context.client("sagemaker").describe_hyper_parameter_tuning_job(
-        HyperParameterTuningJobName=job_name
-    )
+def write_result(description: dict, output: Path) -> dict:
+    """Writes the winner of a finished tuning job to ``output`` (JSON); returns it."""
     result = best_result(description)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def wait_for(context: AwsContext, job_name: str) -> None:
-    """Waits until the tuning job ends; a failed job is reported with SageMaker's reason."""
-    from sagemaker.core.resources import HyperParameterTuningJob
-    from sagemaker.core.utils.exceptions import FailedStatusError
+def progress(description: dict) -> str:
+    """One line on a tuning job: its status, its trials by status and the best objective so far."""
+    counters = description.get("TrainingJobStatusCounters", {})
+    trials = ", ".join(f"{counters[key]} {word}" for key, word in (
+        ("Completed", "completed"), ("InProgress", "running"), ("Stopped", "stopped"),
+        ("RetryableError", "retrying"), ("NonRetryableError", "failed")) if counters.get(key))
+    name, status = description["HyperParameterTuningJobName"], description["HyperParameterTuningJobStatus"]
+    line = f"tuning job {name}: {status}"
+    if trials:
+        line += f"; trials: {trials}"
+    objective = description.get("BestTrainingJob", {}).get("FinalHyperParameterTuningJobObjectiveMetric")
+    if objective:
+        line += f"; best {objective['MetricName']} so far {objective['Value']}"
+    return line
 
-    job = HyperParameterTuningJob.get(job_name, session=context.session, region=context.config.region)
+
+def wait_for(context: AwsContext, job_name: str, poll_seconds: float = POLL_SECONDS,
+             sleep: Callable[[float], None] = time.sleep) -> dict:
+    """Waits until the tuning job ends, printing each change; returns its last description.
+
+    A failed job raises with SageMaker's reason; a completed or stopped one is returned.
+    """
+    sagemaker = context.client("sagemaker")
+    last_line = None
+    while True:
+        description = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
+        line = progress(description)
+        if line != last_line:
+            print(line, file=sys.stderr, flush=True)
+            last_line = line
+        status = description["HyperParameterTuningJobStatus"]
+        if status in FAILED:
+            reason = description.get("FailureReason", "no reason given")
+            raise LaunchError(f"tuning job {job_name} failed: {reason}")
+        if status in FINISHED:
+            return description
+        sleep(poll_seconds)
+
+
+def start(context: AwsContext, spec: TuningJobSpec) -> None:
+    """Creates the tuning job."""
     try:
-        job.wait(poll=30)
-    except FailedStatusError as error:
-        raise LaunchError(f"tuning job {job_name} failed: {error}") from error
+        context.client("sagemaker").create_hyper_parameter_tuning_job(**tuning_job_request(spec))
+    except botocore.exceptions.ClientError as error:
+        raise LaunchError(f"SageMaker refused tuning job {spec.job_name}: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,31 +277,45 @@ def main(argv: list[str] | None = None) -> None:
     jobs.add_job_arguments(parser)
     settings.add_config_arguments(parser)
     args = parser.parse_args(argv)
+    job_name = args.attach
     try:
         if args.attach:
             context = settings.connect(args)
-            job_name = args.attach
         else:
             static = static_hyperparameters(args.strategy, jobs.hyperparameter_args(args.hyperparameters))
             resources = jobs.resources_from_args(args)
-            static.update(resources.distribution_hyperparameters(
-                jobs.batch_sizes(static, tuned_space(args.strategy))))
+            check_limits(args.max_jobs, args.max_parallel_jobs)
+            resources.distribution_hyperparameters(  # fails before anything is created
+                jobs.batch_sizes(static, tuned_space(args.strategy)))
             early_stopping_type(args.strategy, args.early_stopping)
             context = settings.connect(args, needs=("role_arn", "bucket"))
-            data = jobs.require_s3_prefix(context, args.data or context.config.data_uri())
-            image = ecr.image_for(context, "train", args.image_tag)
             job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME, TUNING_JOB_NAME_LIMIT)
-            tuner = build_tuner(context, image, args.strategy, static, resources, args.max_jobs,
-                                args.max_parallel_jobs, args.early_stopping)
-            tuner.tune(inputs=input_channels(resources, data), job_name=job_name, wait=False)
-            print(f"started tuning job {job_name} ({args.strategy}, {args.max_jobs} trials on {image})",
-                  file=sys.stderr)
+            spec = TuningJobSpec(
+                job_name=job_name,
+                image_uri=ecr.image_for(context, "train", args.image_tag),
+                role_arn=context.config.role_arn,
+                data_uri=jobs.require_s3_prefix(context, args.data or context.config.data_uri()),
+                output_uri=context.config.output_uri("tuning"),
+                strategy=args.strategy,
+                static_hyperparameters=static,
+                resources=resources,
+                max_jobs=args.max_jobs,
+                max_parallel_jobs=args.max_parallel_jobs,
+                early_stopping=args.early_stopping,
+            )
+            start(context, spec)
+            print(f"started tuning job {job_name} ({args.strategy}, {args.max_jobs} trials "
+                  f"on {spec.image_uri})", file=sys.stderr)
             if not args.wait:
                 print(f"when it ends: python -m scripts.aws.tune --attach {job_name}", file=sys.stderr)
                 print(job_name)
                 return
-        wait_for(context, job_name)
-        result = write_result(context, job_name, args.output)
+        try:
+            description = wait_for(context, job_name)
+        except KeyboardInterrupt:
+            sys.exit(f"\nstopped waiting; the tuning job goes on: "
+                     f"python -m scripts.aws.tune --attach {job_name}")
+        result = write_result(description, args.output)
     except settings.USER_ERRORS as error:
         sys.exit(f"error: {error}")
     print(f"best training job {result['best_training_job']}: {result['objective']['metric']} = "

@@ -12,6 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
+import botocore.session
+import botocore.validate
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -50,6 +52,13 @@ class RecordingSession:
         found = self.requests(operation)
         assert len(found) == 1, f"expected one {operation} call, got {len(found)}"
         return found[0]
+
+
+def validate_against_api(operation: str, request: dict) -> None:
+    """Checks a SageMaker request with botocore's model of the real API (no call is made)."""
+    model = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation)
+    report = botocore.validate.ParamValidator().validate(request, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
 
 
 def put_fake_image(ecr, repository: str, tag: str) -> str:

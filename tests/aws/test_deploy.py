@@ -4,8 +4,6 @@ import json
 import subprocess
 
 import boto3
-import botocore.session
-import botocore.validate
 import pytest
 from aws_helpers import (
     ACCOUNT,
@@ -15,6 +13,7 @@ from aws_helpers import (
     RecordingSession,
     UpdateEndpointOnMoto,
     seed_endpoint_result,
+    validate_against_api,
 )
 
 from scripts import REPO_ROOT
@@ -28,12 +27,6 @@ MODEL_A = f"s3://{BUCKET}/p/training/job-a/output/model.tar.gz"
 MODEL_B = f"s3://{BUCKET}/p/training/job-b/output/model.tar.gz"
 PREDICTION = json.dumps({"predictions": [{"label": "Akita", "class_index": 3, "probability": 0.5}]})
 SMOKE_TEXT = b"smoke image (text: moto's server decodes bodies as UTF-8)"
-
-
-def validate_against_api(operation: str, request: dict) -> None:
-    model = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation)
-    report = botocore.validate.ParamValidator().validate(request, model.input_shape)
-    assert not report.has_errors(), report.generate_report()
 
 
 def test_names_are_a_hash_of_what_is_deployed():

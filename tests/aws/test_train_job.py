@@ -5,12 +5,11 @@ import re
 from pathlib import Path
 
 import boto3
-import botocore.session
-import botocore.validate
 import pytest
-from aws_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
+from aws_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession, validate_against_api
+from train_helpers import RULE_COLLECTIONS
 
-from classifier import artifact, metrics
+from classifier import metrics
 from scripts.aws import jobs, train_job
 from scripts.aws.settings import AwsContext, LaunchConfig, LaunchError
 from scripts.containers import images
@@ -23,14 +22,6 @@ RULE_IMAGES = {
     "us-east-1": "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest",
     "eu-west-1": "929884845733.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-debugger-rules:latest",
     "us-west-2": "895741380848.dkr.ecr.us-west-2.amazonaws.com/sagemaker-debugger-rules:latest",
-}
-# What each built-in rule reads (AWS's list of Debugger built-in rules).
-RULE_COLLECTIONS = {
-    "VanishingGradient": "gradients",
-    "Overfit": "losses",
-    "Overtraining": "losses",
-    "PoorWeightInitialization": "relu_input",
-    "LossNotDecreasing": "losses",
 }
 
 
@@ -45,13 +36,6 @@ def spec(region=REGION, spot=True, **changes):
     )
     values.update(changes)
     return train_job.TrainingJobSpec(**values)
-
-
-def validate_against_api(operation: str, request: dict) -> None:
-    """Checks a request with botocore's model of the real SageMaker API (no call is made)."""
-    model = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation)
-    report = botocore.validate.ParamValidator().validate(request, model.input_shape)
-    assert not report.has_errors(), report.generate_report()
 
 
 @pytest.mark.parametrize("region", sorted(RULE_IMAGES))
@@ -80,48 +64,6 @@ def test_request_has_the_rules_their_collections_and_the_regions_rule_image(regi
     }]
     assert request["ProfilerConfig"]["S3OutputPath"] == CONFIG.output_uri("training")
     assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # smdebug 1.0.34 on current numpy/protobuf
-def test_the_hook_config_makes_the_trainers_hook_save_what_each_rule_reads(tmp_path):
-    """SageMaker hands our DebugHookConfig to the container as JSON; the trainer's hook follows it."""
-    import torch
-    import torchvision
-    from smdebug import modes
-    from smdebug.trials import create_trial
-
-    from classifier.debugger import Debugger
-
-    config = train_job.training_job_request(spec(debugger_save_interval=2))["DebugHookConfig"]
-    config_file = tmp_path / "debughookconfig.json"
-    config_file.write_text(json.dumps({**config, "LocalPath": str(tmp_path / "tensors")}))
-    debugger = Debugger.create(config_file, tmp_path / "local-default", save_interval=1000)
-    model, criterion = torchvision.models.resnet18(num_classes=3), torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    debugger.watch(model, criterion)
-    debugger.train()
-    for _ in range(3):  # steps 0 and 2 are saved
-
-        optimizer.zero_grad()
-        criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
-        optimizer.step()
-    debugger.eval()
-    with torch.no_grad():
-        for _ in range(3):
-            criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([2, 0]))
-    debugger.close()
-
-    trial = create_trial(str(tmp_path / "tensors"))
-    for rule, collection in RULE_COLLECTIONS.items():
-        names = trial.tensor_names(collection=collection)
-        assert names, f"{rule} reads {collection}, which holds no tensors"
-        assert trial.tensor(names[0]).steps(mode=modes.TRAIN) == [0, 2], collection
-    relu_inputs = trial.tensor_names(collection="relu_input")
-    assert all(name.endswith(("relu_input_0", "relu_input_1")) for name in relu_inputs)
-    loss = trial.tensor(trial.tensor_names(collection="losses")[0])
-    assert loss.steps(mode=modes.EVAL) == [0, 1, 2]  # every validation step, for Overfit
-    for collection in ("gradients", "weights", "biases"):
-        assert trial.tensor(trial.tensor_names(collection=collection)[0]).steps(mode=modes.EVAL) == []
 
 
 def test_request_has_image_hyperparameters_data_spot_and_checkpoints():
@@ -153,20 +95,6 @@ def test_metric_regexes_in_the_request_read_the_trainers_lines():
     read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in definitions}
     assert read == {"train:loss": [0.75], "train:accuracy": [0.5], "validation:loss": [0.625],
                     "validation:accuracy": [0.5625], "test:loss": [0.5], "test:accuracy": [0.875]}
-
-
-def test_the_requests_metric_regexes_read_the_real_training_log(trained_run, trained_run_log):
-    """The shared training run's own log, read as SageMaker reads it, gives its metrics.json figures."""
-    report = json.loads((trained_run / "model" / artifact.METRICS_FILE).read_text())
-    definitions = train_job.training_job_request(spec())["AlgorithmSpecification"]["MetricDefinitions"]
-    read = {d["Name"]: [float(v) for v in re.findall(d["Regex"], trained_run_log)] for d in definitions}
-    epochs = report["epochs"]
-    assert len(epochs) >= 1
-    for name, field in (("train:loss", "train_loss"), ("train:accuracy", "train_accuracy"),
-                        ("validation:loss", "valid_loss"), ("validation:accuracy", "valid_accuracy")):
-        assert read[name] == pytest.approx([epoch[field] for epoch in epochs], abs=1e-6), name
-    assert read["test:loss"] == pytest.approx([report["test"]["test_loss"]], abs=1e-6)
-    assert read["test:accuracy"] == pytest.approx([report["test"]["test_accuracy"]], abs=1e-6)
 
 
 def test_output_locations_follow_sagemakers_layout():

@@ -1,29 +1,63 @@
-"""The tuning launcher: pure range/hyperparameter builders, and the exact request on a moto server."""
+"""The tuning launcher: the pure request builder, waiting, and the exact request on a moto server."""
 
 import json
 import re
+from types import SimpleNamespace
 
 import boto3
 import pytest
-from aws_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession
+from aws_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession, validate_against_api
 
 from classifier import metrics
-from classifier.hyperparameters import SEARCH_SPACE
+from classifier.hyperparameters import SEARCH_SPACE, CategoricalValues, ContinuousRange, IntegerRange
 from scripts.aws import jobs, train_job, tune
 from scripts.aws.settings import AwsContext, LaunchConfig, LaunchError
 
 CONFIG = LaunchConfig(region=REGION, role_arn=ROLE_ARN, bucket=BUCKET)
 
 
-def test_search_space_becomes_sdk_ranges():
-    ranges = tune.parameter_ranges(tune.tuned_space("Bayesian"))
-    assert ranges["learning-rate"].as_tuning_range("learning-rate") == {
-        "Name": "learning-rate", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}
-    assert ranges["batch-size"].as_tuning_range("batch-size") == {
-        "Name": "batch-size", "Values": ["32", "64", "128", "256", "512"]}
+def tuning_spec(image: str = "image", **changes) -> tune.TuningJobSpec:
+    values = dict(job_name="classifier-tune-test", image_uri=image, role_arn=ROLE_ARN,
+                  data_uri=CONFIG.data_uri(), output_uri=CONFIG.output_uri("tuning"))
+    values.update(changes)
+    return tune.TuningJobSpec(**values)
+
+
+def test_search_space_becomes_the_apis_parameter_ranges():
     epochs = SEARCH_SPACE["epochs"]
-    assert ranges["epochs"].__name__ == "Integer"
-    assert (ranges["epochs"].min_value, ranges["epochs"].max_value) == (epochs.min_value, epochs.max_value)
+    assert tune.parameter_ranges(tune.tuned_space("Bayesian")) == {
+        "ContinuousParameterRanges": [
+            {"Name": "learning-rate", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}],
+        "IntegerParameterRanges": [{"Name": "epochs", "MinValue": str(epochs.min_value),
+                                    "MaxValue": str(epochs.max_value), "ScalingType": "Auto"}],
+        "CategoricalParameterRanges": [{"Name": "batch-size", "Values": ["32", "64", "128", "256", "512"]}],
+    }
+    other = {"dropout": ContinuousRange(0.0, 0.5), "depth": IntegerRange(1, 4, "Linear"),
+             "optimizer": CategoricalValues(("sgd", "adamw"))}
+    ranges = tune.parameter_ranges(other)
+    assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Auto"
+    assert ranges["IntegerParameterRanges"][0] == {
+        "Name": "depth", "MinValue": "1", "MaxValue": "4", "ScalingType": "Linear"}
+    with pytest.raises(LaunchError, match="unknown range type"):
+        tune.parameter_ranges({"x": (1, 2)})
+
+
+def test_the_request_is_valid_for_the_api_for_every_strategy():
+    for strategy in tune.STRATEGIES:
+        static = tune.static_hyperparameters(strategy, {})
+        spec = tuning_spec(strategy=strategy, static_hyperparameters=static)
+        validate_against_api("CreateHyperParameterTuningJob", tune.tuning_job_request(spec))
+
+
+def test_limits_are_checked_before_anything_is_sent():
+    with pytest.raises(LaunchError, match=r"--max-parallel-jobs \(3\) exceeds --max-jobs \(2\)"):
+        tuning_spec(max_jobs=2, max_parallel_jobs=3)
+    with pytest.raises(LaunchError, match="at least 1"):
+        tuning_spec(max_jobs=0)
+    with pytest.raises(LaunchError, match="unknown strategy"):
+        tuning_spec(strategy="Grid")
+    with pytest.raises(LaunchError, match="Hyperband stops trials itself"):
+        tuning_spec(strategy="Hyperband", early_stopping="Auto")
 
 
 def test_hyperband_leaves_epochs_to_its_schedule():
@@ -81,11 +115,12 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
     context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
     static = tune.static_hyperparameters("Bayesian", {"model-name": "resnet50", "pretrained": "true"})
     resources = jobs.JobResources(instance_type="ml.g4dn.xlarge", max_run_seconds=3600, spot=True)
-    tuner = tune.build_tuner(context, pushed["train"], "Bayesian", static, resources,
-                             max_jobs=6, max_parallel_jobs=3)
-    tuner.tune(inputs={jobs.CHANNEL: CONFIG.data_uri()}, job_name="classifier-tune-test", wait=False)
+    spec = tuning_spec(pushed["train"], static_hyperparameters=static, resources=resources,
+                       max_jobs=6, max_parallel_jobs=3)
+    tune.start(context, spec)
 
     request = recording.only("CreateHyperParameterTuningJob")
+    assert request == tune.tuning_job_request(spec)  # sent exactly as built
     config = request["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Bayesian"
     assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "validation:loss"}
@@ -133,15 +168,16 @@ def test_tuning_request_carries_image_ranges_static_hyperparameters_metrics_and_
     stored = recording.session.client("sagemaker").describe_hyper_parameter_tuning_job(
         HyperParameterTuningJobName="classifier-tune-test")
     assert stored["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
+    assert stored["HyperParameterTuningJobConfig"]["ParameterRanges"] == config["ParameterRanges"]
 
 
 def test_hyperband_request_sets_its_resource_and_turns_early_stopping_off(pushed):
     recording = RecordingSession()
     context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
     static = tune.static_hyperparameters("Hyperband", {})
-    tuner = tune.build_tuner(context, pushed["train"], "Hyperband", static, jobs.JobResources(spot=False),
-                             max_jobs=4, max_parallel_jobs=2)
-    tuner.tune(inputs={jobs.CHANNEL: CONFIG.data_uri()}, job_name="classifier-tune-hb", wait=False)
+    tune.start(context, tuning_spec(pushed["train"], job_name="classifier-tune-hb", strategy="Hyperband",
+                                    static_hyperparameters=static, resources=jobs.JobResources(spot=False),
+                                    max_jobs=4, max_parallel_jobs=2))
     request = recording.only("CreateHyperParameterTuningJob")
     config = request["HyperParameterTuningJobConfig"]
     epochs = SEARCH_SPACE["epochs"]
@@ -152,7 +188,7 @@ def test_hyperband_request_sets_its_resource_and_turns_early_stopping_off(pushed
     assert config["ParameterRanges"].get("IntegerParameterRanges", []) == []
     definition = request["TrainingJobDefinition"]
     assert definition["StaticHyperParameters"] == {"epochs": str(epochs.max_value)}
-    assert definition.get("EnableManagedSpotTraining", False) is False
+    assert definition["EnableManagedSpotTraining"] is False
     assert "MaxWaitTimeInSeconds" not in definition["StoppingCondition"]
 
 
@@ -188,6 +224,8 @@ def test_cli_without_waiting_prints_the_job_then_attach_writes_the_result(pushed
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--image-tag", "nope"], "sagemaker-classifier-train:nope"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--data", f"s3://{BUCKET}/empty"], "no data under"),
     (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--", "--epochs", "3"], "are tuned"),
+    (["--role-arn", ROLE_ARN, "--bucket", BUCKET, "--max-jobs", "2", "--max-parallel-jobs", "3"],
+     "exceeds --max-jobs"),
 ])
 def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -198,22 +236,93 @@ def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
 
 
 def test_trials_on_two_instances_carry_the_distribution_settings(pushed):
-    recording = RecordingSession()
-    context = AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT)
     resources = jobs.JobResources(instance_type="ml.g5.12xlarge", instance_count=2, spot=False,
                                   s3_data_distribution="ShardedByS3Key")
-    static = tune.static_hyperparameters("Bayesian", {})
-    batch_sizes = jobs.batch_sizes(static, tune.tuned_space("Bayesian"))
-    static.update(resources.distribution_hyperparameters(batch_sizes))
-    tuner = tune.build_tuner(context, pushed["train"], "Bayesian", static, resources, max_jobs=2,
-                             max_parallel_jobs=1)
-    tuner.tune(inputs=tune.input_channels(resources, CONFIG.data_uri()), job_name="classifier-tune-ddp",
-               wait=False)
+    spec = tuning_spec(pushed["train"], static_hyperparameters=tune.static_hyperparameters("Bayesian", {}),
+                       resources=resources, max_jobs=2, max_parallel_jobs=1)
+    request = tune.tuning_job_request(spec)
+    validate_against_api("CreateHyperParameterTuningJob", request)
+    recording = RecordingSession()
+    tune.start(AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT), spec)
     definition = recording.only("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition == request["TrainingJobDefinition"]
     assert definition["ResourceConfig"]["InstanceCount"] == 2
     assert definition["StaticHyperParameters"] == {"sagemaker_torch_distributed_enabled": "true"}
     source = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]
     assert (source["S3Uri"], source["S3DataDistributionType"]) == (CONFIG.data_uri(), "ShardedByS3Key")
-    # Every batch size the search may pick must divide among the instances.
+    # Every batch size the search may pick (32 ... 512) must divide among the instances.
     with pytest.raises(LaunchError, match=r"batch-size 32 .* 3 training processes"):
-        jobs.JobResources(instance_count=3).distribution_hyperparameters(batch_sizes)
+        tune.tuning_job_request(tuning_spec(resources=jobs.JobResources(instance_count=3)))
+
+
+def described(status: str, **fields) -> dict:
+    """A DescribeHyperParameterTuningJob answer (the fields ``wait_for`` and ``best_result`` read)."""
+    return {"HyperParameterTuningJobName": "classifier-tune-w", "HyperParameterTuningJobStatus": status,
+            "TrainingJobStatusCounters": {}, **fields}
+
+
+BEST = {"TrainingJobName": "classifier-tune-w-002-x", "TunedHyperParameters": {},
+        "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "validation:loss", "Value": 0.5}}
+
+
+def stubbed_context(*answers: dict) -> AwsContext:
+    """A context whose SageMaker answers DescribeHyperParameterTuningJob with ``answers``, in order
+    (at the AWS boundary: moto's tuning jobs complete at once)."""
+    session = boto3.Session(region_name=REGION, aws_access_key_id="t", aws_secret_access_key="t")
+    queue = list(answers)
+
+    def answer(params, **_):
+        assert json.loads(params["body"]) == {"HyperParameterTuningJobName": "classifier-tune-w"}
+        return SimpleNamespace(status_code=200, headers={}), queue.pop(0)
+
+    session.events.register("before-call.sagemaker.DescribeHyperParameterTuningJob", answer)
+    return AwsContext(config=CONFIG, session=session, account=ACCOUNT)
+
+
+def test_waiting_polls_until_the_job_ends_and_prints_each_change(capsys):
+    running = described("InProgress", TrainingJobStatusCounters={"InProgress": 2})
+    sleeps = []
+    context = stubbed_context(
+        running, running,
+        described("InProgress", TrainingJobStatusCounters={"Completed": 1, "InProgress": 2},
+                  BestTrainingJob=BEST),
+        described("Completed", TrainingJobStatusCounters={"Completed": 4}, BestTrainingJob=BEST),
+    )
+    final = tune.wait_for(context, "classifier-tune-w", poll_seconds=7, sleep=sleeps.append)
+    assert final["HyperParameterTuningJobStatus"] == "Completed" and sleeps == [7, 7, 7]
+    assert capsys.readouterr().err.splitlines() == [
+        "tuning job classifier-tune-w: InProgress; trials: 2 running",
+        "tuning job classifier-tune-w: InProgress; trials: 1 completed, 2 running; "
+        "best validation:loss so far 0.5",
+        "tuning job classifier-tune-w: Completed; trials: 4 completed; best validation:loss so far 0.5",
+    ]
+
+
+def test_a_failed_tuning_job_is_reported_with_sagemakers_reason():
+    context = stubbed_context(described("Failed", FailureReason="ClientError: no trial could start"))
+    with pytest.raises(LaunchError, match="classifier-tune-w failed: ClientError: no trial could start"):
+        tune.wait_for(context, "classifier-tune-w", sleep=pytest.fail)
+
+
+def test_a_stopped_tuning_job_still_gives_its_best_trial(tmp_path):
+    stopped = described("Stopped", BestTrainingJob=BEST, TrainingJobDefinition={
+        "StaticHyperParameters": {"model-name": "resnet50"}, "OutputDataConfig": {"S3OutputPath": "s3://b/tuning"}})
+    description = tune.wait_for(stubbed_context(stopped), "classifier-tune-w", sleep=pytest.fail)
+    result = tune.write_result(description, tmp_path / "best.json")
+    assert result["best_training_job"] == "classifier-tune-w-002-x"
+    assert json.loads((tmp_path / "best.json").read_text())["model_data"] == (
+        "s3://b/tuning/classifier-tune-w-002-x/output/model.tar.gz")
+
+
+def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_attach(pushed, monkeypatch, tmp_path):
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tune, "wait_for", interrupted)
+    hint = "the tuning job goes on: python -m scripts.aws.tune --attach classifier-tune-i"
+    with pytest.raises(SystemExit, match=re.escape(hint)):
+        tune.main(["--job-name", "classifier-tune-i", "--output", str(tmp_path / "best.json"),
+                   "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    stored = boto3.client("sagemaker").describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName="classifier-tune-i")
+    assert stored["HyperParameterTuningJobName"] == "classifier-tune-i"
+    assert not (tmp_path / "best.json").exists()

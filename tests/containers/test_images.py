@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from scripts.aws import ecr
 from scripts.containers import build, images, push
 from scripts.engine import apt, dockerd
 from scripts.local import train as local_train
@@ -155,7 +156,7 @@ def test_push_creates_missing_repositories_logs_in_and_pushes_every_tag(
         import boto3
 
         client = boto3.client("ecr", region_name="eu-west-1")
-        _, password = push.login_credentials(client)
+        _, password = ecr.login_credentials(client)
         registry = _AuthorizingRegistry(tmp_path, "AWS", password)
         try:
             pushed = push.push(client, pushing, registry.host, ["serve"], ["push-a", "push-b"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from report_helpers import SCENARIOS, hooked_run
+from report_helpers import hooked_run
 
 from scripts.aws import custom_rules, train_job
 from scripts.report import document, rules
@@ -84,7 +84,7 @@ def _upload_tensors(s3, tensors: Path, uri: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    return hooked_run(tmp_path_factory.mktemp("job") / "run", SCENARIOS["healthy"])
+    return hooked_run(tmp_path_factory.mktemp("job") / "run", "healthy")
 
 
 @pytest.fixture(scope="module")

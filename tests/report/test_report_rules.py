@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from report_helpers import SCENARIOS, hooked_run
+from report_helpers import hooked_run
 from smdebug.trials import create_trial
 
 from scripts.aws import custom_rules
@@ -26,7 +26,7 @@ def hooked_runs(tmp_path_factory):
     """What the trainer cannot be made to do, from the tiny hooked loop: a deep sigmoid
     network and a badly scaled initialisation (plus a healthy run of the same loop)."""
     root = tmp_path_factory.mktemp("rule_runs")
-    return {name: hooked_run(root / name, SCENARIOS[name]) for name in ("healthy", "vanishing", "poor_init")}
+    return {name: hooked_run(root / name, name) for name in ("healthy", "vanishing", "poor_init")}
 
 
 @pytest.fixture(scope="module")
