@@ -242,7 +242,11 @@ class Cluster:
             return model
         if id(model) not in self._wrapped:
             device_ids = [self.local_rank] if self.backend == "nccl" else None
-            self._wrapped[id(model)] = DistributedDataParallel(model, device_ids=device_ids)
+            # BatchNorm statistics are not sent at every step: only evaluation uses them, and
+            # sync_buffers gives every process rank 0's before it (rank 0's own never change).
+            self._wrapped[id(model)] = DistributedDataParallel(
+                model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True
+            )
         return self._wrapped[id(model)]
 
     def sync_buffers(self, model: nn.Module) -> None:
