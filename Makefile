@@ -26,7 +26,8 @@ help: ## list the targets
 # launch-test: the launch lock plus pytest and moto, where the launcher tests run.
 stamp = $(VENV)/$(1)/.installed-$(shell cat $(2) | sha256sum | cut -c1-16)
 TRAIN_ENV := $(call stamp,train,docker/train/requirements.txt)
-SERVE_ENV := $(call stamp,serve,docker/serve/requirements.txt)
+# The host's serve environment is the serving image's torch variant: it serves every SERVE_ENGINE.
+SERVE_ENV := $(call stamp,serve,docker/serve/requirements-torch.txt)
 DEV_ENV := $(call stamp,dev,tests/requirements.txt)
 LAUNCH_ENV := $(call stamp,launch,scripts/requirements.txt)
 LAUNCH_TEST_ENV := $(call stamp,launch-test,scripts/requirements.txt tests/requirements-launch.txt)
@@ -46,7 +47,7 @@ $(TRAIN_ENV):
 # PyTorch's CPU index only when no local wheel (pip's find-links, TORCH_FIND_LINKS) has the pinned torch.
 SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.containers.build serve --print-torch-index $(TORCH_CPU_INDEX))
 $(SERVE_ENV):
-	$(call make_venv,serve,docker/serve/requirements.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
+	$(call make_venv,serve,docker/serve/requirements-torch.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
 $(DEV_ENV):
 	$(call make_venv,dev,tests/requirements.txt,)
@@ -80,7 +81,9 @@ LAUNCH_PLATFORMS := x86_64-manylinux_2_28 aarch64-manylinux_2_28 x86_64-apple-da
 .PHONY: lock check-launch-lock
 lock: ## re-resolve the pinned requirements files from their .in files (needs uv)
 	$(LOCK) docker/train/requirements.in -o docker/train/requirements.txt
-	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) docker/serve/requirements.in -o docker/serve/requirements.txt
+	$(LOCK) docker/serve/requirements.in -o docker/serve/requirements.txt
+	$(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)) \
+		-c docker/serve/requirements.txt docker/serve/requirements-torch.in -o docker/serve/requirements-torch.txt
 	$(UNIVERSAL_LOCK) $(addprefix --no-emit-package ,$(LAUNCH_LEFT_OUT)) scripts/requirements.in -o scripts/requirements.txt
 	cd tests && $(UNIVERSAL_LOCK) -c ../scripts/requirements.txt \
 		$$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' ../scripts/requirements.txt) \
@@ -131,7 +134,7 @@ lint: $(DEV_ENV) ## ruff
 	$(VENV)/dev/bin/ruff check code scripts tests
 
 .PHONY: bench
-bench: bench-train bench-serve ## every benchmark: results in benchmarks/*.md (summarised in the README)
+bench: bench-train bench-serve bench-engines ## every benchmark: results in benchmarks/*.md (summarised in the README)
 
 # ---------------------------------------------------------------- serving
 .PHONY: serve-local
@@ -141,8 +144,12 @@ serve-local: $(SERVE_ENV) ## serve an artifact on the host with the real model s
 		exec $(SERVE_PY) code/serve.py serve --model-dir "$(MODEL)"
 
 .PHONY: bench-serve
-bench-serve: $(DEV_ENV) $(SERVE_ENV) ## serving latency vs bare forward, throughput per workers, startup: benchmarks/serve.md [MODEL=]
-	$(DEV_PY) -m scripts.bench.serve run $(if $(MODEL),--model-dir "$(MODEL)")
+bench-serve: $(DEV_ENV) $(SERVE_ENV) $(TRAIN_ENV) ## torch vs default (int8) engine side by side, images, int8 accuracy: benchmarks/serve.md [MODEL=]
+	$(DEV_PY) -m scripts.bench.serve run $(if $(MODEL),--model-dir "$(MODEL)") $(BENCH_ARGS)
+
+.PHONY: bench-engines
+bench-engines: $(DEV_ENV) $(SERVE_ENV) ## ONNX Runtime vs OpenVINO, fp32 and int8 (why OpenVINO): benchmarks/engines.md
+	$(DEV_PY) -m scripts.bench.engines
 
 # ---------------------------------------------------------------- on AWS (README "On AWS")
 # Settings: AWS_PROFILE, AWS_REGION, ROLE_ARN, BUCKET (and S3_PREFIX), as variables
@@ -163,7 +170,7 @@ tune: $(LAUNCH_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --m
 	$(LAUNCH_PY) -m scripts.aws.tune $(JOB_COMPUTE) $(TUNE_ARGS) -- $(HP)
 
 .PHONY: train
-train: $(LAUNCH_ENV) ## SageMaker training job, Debugger + profiler + spot: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS= [INSTANCE_COUNT=2]
+train: $(LAUNCH_ENV) ## SageMaker training job on spot, its evidence for make report: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=--sagemaker-debugger [INSTANCE_COUNT=2]
 	$(LAUNCH_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(JOB_COMPUTE) $(TRAIN_ARGS) -- $(HP)
 
 .PHONY: deploy
@@ -184,9 +191,9 @@ teardown: $(LAUNCH_ENV) ## delete ENDPOINT, its endpoint config and its model
 # Written next to a local run's outputs, or under runs/aws/ (git-ignored) for a SageMaker job.
 REPORT ?= $(if $(RUN),$(patsubst %/,%,$(RUN))/report.html,runs/aws/$(JOB)-report.html)
 .PHONY: report
-report: $(LAUNCH_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html]
+report: $(LAUNCH_ENV) ## HTML debugging report: make report RUN=<OUT folder> | JOB=<training job name> [REPORT=file.html] [REPORT_CACHE=dir]
 	@test -n "$(RUN)$(JOB)" || { echo "usage: make report RUN=<OUT folder of a local run> | JOB=<training job name> [REPORT=file.html]" >&2; exit 2; }
-	$(LAUNCH_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(TENSORS_CACHE),--tensors-cache $(TENSORS_CACHE))
+	$(LAUNCH_PY) -m scripts.report $(if $(RUN),--run $(RUN),--job $(JOB)) --out $(REPORT) $(if $(REPORT_CACHE),--cache $(REPORT_CACHE))
 
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
@@ -210,6 +217,10 @@ PORT ?= 8080
 .PHONY: build
 build: ## build both images for linux/amd64, tagged with the git short SHA and latest
 	$(PYTHON) -m scripts.containers.build train serve
+
+.PHONY: build-torch
+build-torch: ## the serving image's torch variant (SERVE_ENGINE=torch, older artifacts), tags <sha>-torch and latest-torch
+	$(PYTHON) -m scripts.containers.build serve --serve-variant torch
 
 .PHONY: push
 push: $(LAUNCH_ENV) ## create missing ECR repositories, log in, tag and push both images (AWS settings as for train)

@@ -6,7 +6,8 @@ sagemaker-inference's Transformer calls them inside each model-server worker:
 This file travels in the model artifact's ``code/`` folder together with the modules it imports
 (``classifier.artifact.SERVING_CODE_FILES``), so an artifact is served the way it was trained:
 images go through ``classifier.preprocessing``'s evaluation transform, configured by the
-artifact's ``preprocess.json``, exactly as the trainer evaluates them.
+artifact's ``preprocess.json``, exactly as the trainer evaluates them, and the network runs in the
+engine ``SERVE_ENGINE`` picks (``classifier.engines``: OpenVINO int8 or fp32, or torch).
 
 The wire format is ``classifier.protocol``. A request the model cannot serve raises
 ``RequestError``, whose status (4xx) and message the server sends back.
@@ -29,12 +30,11 @@ from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
-from classifier import artifact, protocol
-from classifier.preprocessing import PreprocessConfig, eval_transform, load_image
+from classifier import artifact, engines, protocol
+from classifier.preprocessing import PreprocessConfig, eval_array, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RequestError(BaseInferenceToolkitError):
 class ServedModel:
     """What ``model_fn`` loads from the artifact."""
 
-    module: torch.nn.Module  # the exported program's module: logits of shape (batch, classes)
+    engine: engines.Engine  # probabilities of shape (batch, classes)
     classes: list[str]
     preprocess: PreprocessConfig
 
@@ -110,35 +110,36 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def model_fn(model_dir: str) -> ServedModel:
-    """Loads the exported model, its class names and preprocessing, and checks they agree."""
+    """Loads the model for the chosen engine, its class names and preprocessing, and checks they agree."""
     started = time.perf_counter()
     root = Path(model_dir).resolve()  # the real folder in messages, not a link to it
     missing = artifact.missing_files(root)
     if missing:
         raise FileNotFoundError(f"model artifact in {root} is incomplete: missing {', '.join(missing)}")
+    choice = engines.engine_choice(root, os.environ)
+    model_file = root / engines.ENGINE_FILES[choice.engine]
     try:
-        module = torch.export.load(root / artifact.MODEL_FILE).module()
+        engine = engines.load_engine(root, choice.engine, engines.worker_threads(os.environ))
     except Exception as error:
-        raise RuntimeError(f"cannot load {root / artifact.MODEL_FILE}: {error}") from error
+        raise RuntimeError(f"cannot load {model_file}: {error}") from error
     classes = json.loads((root / artifact.CLASSES_FILE).read_text())
     if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
         raise ValueError(f"{root / artifact.CLASSES_FILE} must be a non-empty JSON list of class names")
     preprocess = PreprocessConfig.load(root / artifact.PREPROCESS_FILE)
 
     side = preprocess.image_size
-    with torch.inference_mode():
-        logits = module(torch.zeros(2, 3, side, side))
-    if tuple(logits.shape) != (2, len(classes)):
+    probabilities = engine.probabilities(np.zeros((2, 3, side, side), dtype=np.float32))
+    if tuple(probabilities.shape) != (2, len(classes)):
         raise ValueError(
-            f"the model maps a batch of 2 images to logits of shape {tuple(logits.shape)}, "
+            f"the model maps a batch of 2 images to logits of shape {tuple(probabilities.shape)}, "
             f"expected (2, {len(classes)}) for the {len(classes)} classes of {artifact.CLASSES_FILE}"
         )
     logger.info(
-        "loaded %s: %d classes, %dx%d input, in %.2f s (torch threads: %d)",
-        root / artifact.MODEL_FILE, len(classes), side, side, time.perf_counter() - started,
-        torch.get_num_threads(),
+        "loaded %s (engine %s): %d classes, %dx%d input, in %.2f s (threads: %s)",
+        model_file, engine.name, len(classes), side, side, time.perf_counter() - started,
+        engines.worker_threads(os.environ) or "all cores",
     )
-    return ServedModel(module=module, classes=classes, preprocess=preprocess)
+    return ServedModel(engine=engine, classes=classes, preprocess=preprocess)
 
 
 def model_warmup_fn(model_dir: str, model: ServedModel) -> None:
@@ -295,17 +296,17 @@ def decode_image(image: bytes | np.ndarray, name: str = "the image") -> Image.Im
 def predict_fn(request: ImageRequest, model: ServedModel) -> TopK:
     """Decodes and transforms each image as the trainer evaluates, then takes the top k classes."""
     names = [f"images[{i}]" for i in range(len(request.images))] if request.batch else ["the image"]
-    inputs = torch.stack([
-        eval_transform(decode_image(image, name), model.preprocess)
+    inputs = np.stack([
+        eval_array(decode_image(image, name), model.preprocess)
         for image, name in zip(request.images, names, strict=True)
     ])
-    with torch.inference_mode():
-        probabilities = torch.softmax(model.module(inputs).float(), dim=1)
-    values, indices = probabilities.topk(min(request.k, len(model.classes)), dim=1)
+    probabilities = model.engine.probabilities(inputs)
+    k = min(request.k, len(model.classes))
+    indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     class_indices = indices.tolist()
     return TopK(
         class_indices=class_indices,
-        probabilities=values.tolist(),
+        probabilities=np.take_along_axis(probabilities, indices, axis=1).tolist(),
         labels=[[model.classes[i] for i in row] for row in class_indices],
         batch=request.batch,
     )

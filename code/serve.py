@@ -6,7 +6,9 @@ Starts the model server (multi-model-server through sagemaker-inference, with ou
 and the artifact's ``inference.py``) on private loopback ports, and the gateway SageMaker talks to
 on ``SAGEMAKER_BIND_TO_PORT`` (8080): ``/ping`` is 200 only once a worker has loaded the model and
 passed its warm-up; ``/invocations`` goes to the model server. SIGTERM (or Ctrl-C) stops both and
-exits 0; if the model server dies on its own the exit status is 1. Settings: ``serving/settings.py``.
+exits 0; if the model server dies on its own the exit status is 1. Settings: ``serving/settings.py``;
+the engine (``SERVE_ENGINE``: OpenVINO int8 or fp32, or torch) is chosen and logged once, here,
+and every worker loads that one (``classifier.engines``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from classifier import sagemaker_env
+from classifier import engines, sagemaker_env
 from serving import model_server
 from serving.gateway import Gateway, Upstream
 from serving.settings import ServeSettings, available_cpus
@@ -89,7 +91,27 @@ def stop_process_group(process: subprocess.Popen, grace_seconds: float = STOP_GR
     process.wait()
 
 
-def serve(settings: ServeSettings) -> int:
+def choose_engine(model_dir: Path, environ: dict[str, str]) -> str | None:
+    """The engine the workers load, chosen and logged once; None (logged) for a setting that means nothing.
+
+    An engine that cannot serve this artifact (its model file or torch missing) is passed on all the
+    same: the workers fail to load it and ``/ping`` answers 503 with the reason, as for any broken
+    artifact.
+    """
+    try:
+        requested = engines.requested_engine(environ)
+        choice = engines.engine_choice(model_dir, environ)
+    except engines.EngineSettingError as error:
+        logger.error("%s", error)
+        return None
+    except engines.EngineUnavailable as error:
+        logger.error("%s", error)
+        return requested
+    logger.info("%s", choice.log_line())
+    return choice.engine
+
+
+def serve(settings: ServeSettings, engine: str) -> int:
     """Runs the model server and the gateway until SIGTERM/SIGINT (0) or the model server dies (1)."""
     run_dir = Path(tempfile.mkdtemp(prefix="serve-"))
     model_server.lay_out_run_dir(run_dir, settings.model_dir)
@@ -119,7 +141,9 @@ def serve(settings: ServeSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    env = model_server.environment(settings, run_dir, inference_port, management_port, os.environ)
+    # The workers load the engine chosen here rather than choosing again.
+    base = {**os.environ, engines.ENGINE_ENV: engine}
+    env = model_server.environment(settings, run_dir, inference_port, management_port, base)
     launcher = subprocess.Popen(
         [sys.executable, "-m", "serving.model_server"], env=env, start_new_session=True
     )
@@ -135,7 +159,7 @@ def serve(settings: ServeSettings) -> int:
     threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True).start()
     threading.Thread(target=watch_model_server, name="watch-model-server", daemon=True).start()
     logger.info(
-        "serving %s on http://%s:%d: %d worker(s) x %d torch thread(s), timeout %d s, payload limit %d MB",
+        "serving %s on http://%s:%d: %d worker(s) x %d thread(s), timeout %d s, payload limit %d MB",
         settings.model_dir, settings.bind_host, settings.port, settings.workers, settings.torch_threads,
         settings.timeout_seconds, settings.max_payload_bytes // (1024 * 1024),
     )
@@ -169,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers * settings.torch_threads > cpus:
         logger.warning("%d workers x %d torch threads exceed the %d cores", settings.workers,
                        settings.torch_threads, cpus)
-    return serve(settings)
+    engine = choose_engine(settings.model_dir, dict(os.environ))
+    if engine is None:
+        return 2
+    return serve(settings, engine)
 
 
 if __name__ == "__main__":

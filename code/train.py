@@ -41,12 +41,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifier import checkpoints, distributed, export, models, optimization, sagemaker_env
-from classifier.artifact import RESOURCE_USAGE_FILE
+from classifier import checkpoints, distributed, export, models, optimization, quantize, sagemaker_env
+from classifier.artifact import LIVE_EVIDENCE_DIR, RESOURCE_USAGE_FILE
 from classifier.checkpoints import StopSignal
 from classifier.data import ImageFolderSplits, build_loaders, load_splits
 from classifier.debugger import Debugger
 from classifier.errors import TrainingError
+from classifier.evidence import NoEvidence, TrainingEvidence
 from classifier.hyperparameters import build_parser
 from classifier.metrics import format_epoch_line, format_test_line
 from classifier.resources import ResourceSampler
@@ -214,16 +215,18 @@ def train_epochs(
     debugger: Debugger,
     stop: StopSignal,
     checkpoint_dir: Path,
+    evidence: TrainingEvidence | NoEvidence,
 ) -> None:
-    """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each."""
+    """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each
+    (and the evidence: step timings, epochs so far, their live copy)."""
     cluster = distributed.current()
     while state.next_epoch <= args.epochs and not state.early_stopped:
         epoch, started, learning_rate = state.next_epoch, time.monotonic(), state.learning_rate
         debugger.train()
         distributed.begin_epoch(loaders["train"], epoch)
         train_loss, train_accuracy = train_one_epoch(
-            cluster.wrap(state.model), loaders["train"], criterion, state.optimizer, state.scaler, device,
-            stop,
+            cluster.wrap(state.model), evidence.timed(loaders["train"], epoch), criterion, state.optimizer,
+            state.scaler, device, stop,
         )
         if stop.requested:
             # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
@@ -246,6 +249,7 @@ def train_epochs(
             "learning_rate": learning_rate, "seconds": round(seconds, 3),
         }, args.early_stopping_patience)
         path = cluster.save_on_primary(lambda: state.save(checkpoint_dir))
+        evidence.end_epoch(state.history)
         logger.info(
             "epoch %d/%d done in %.1f s (learning rate %.3g); best epoch %d; checkpoint %s",
             epoch, args.epochs, seconds, learning_rate, state.best.epoch, path,
@@ -273,8 +277,10 @@ def export_best_weights(
         num_classes=num_classes,
         bad_images=data.bad_image_counts(),
     )
+    quantization = quantize.quantization_data(data.splits, args.calibration_images, args.seed)
     export.write_artifact(
-        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR
+        sagemaker_env.model_dir(), serving_model, data.class_names, args.image_size, metrics, CODE_DIR,
+        quantization if args.quantize else None,
     )
 
 
@@ -319,9 +325,17 @@ def run(args: argparse.Namespace) -> None:
     debugger.watch(state.model, criterion)  # after freezing: frozen layers get no gradient hooks
     cluster.wrap(state.model)  # DDP: every process starts from rank 0's weights
     stop = distributed.agreed(stop)
-    usage = sagemaker_env.output_data_dir() / RESOURCE_USAGE_FILE
-    with ResourceSampler(usage, args.resource_sample_seconds) if cluster.is_local_primary else nullcontext():
-        train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir)
+    # Rank 0 alone keeps the evidence: SageMaker packs every host's output/data into one
+    # output.tar.gz and the hosts share the checkpoint folder, so others' files would clash.
+    evidence = TrainingEvidence(
+        sagemaker_env.output_data_dir(), checkpoint_dir / LIVE_EVIDENCE_DIR, state.history
+    ) if cluster.is_primary else NoEvidence()
+    sampler = ResourceSampler(
+        evidence.folder / RESOURCE_USAGE_FILE, args.resource_sample_seconds, origin=evidence.origin
+    ) if cluster.is_primary else nullcontext()
+    # The sampler stops first, so that the evidence's last live copy holds its last sample.
+    with evidence, sampler:
+        train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir, evidence)
         state.model.load_state_dict(state.best.state)
         debugger.eval()
         test_loss, test_accuracy = evaluate(state.model, loaders["test"], criterion, device)

@@ -5,8 +5,10 @@
 1. data: a small generated dataset (``scripts.datasets.sample``), or ``--data`` (train/ valid/ test/);
 2. build both images (``scripts.containers.build``), tagged as ``make build`` tags them;
 3. train in the training container (``docker run IMAGE train``) -> ``WORK/opt_ml/model.tar.gz``;
-4. serve that artifact in the serving container (``docker run IMAGE serve``) and send one test
-   image per class through the same client a SageMaker endpoint is called with (``scripts.aws.invoke``);
+4. serve that artifact in the serving container (``docker run IMAGE serve``), say which engine
+   serves it (the quantized int8 model when its recorded test accuracy allows: ``SERVE_ENGINE=auto``)
+   and send one test image per class through the same client a SageMaker endpoint is called with
+   (``scripts.aws.invoke``);
 5. print the top-5 of each, then stop the container (and the private Docker engine if one was
    started for the demo);
 6. write the debugging report of the training run (``scripts.report``) and print its path.
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 from classifier.dataset import SPLITS
+from classifier.engines import CHOICE_LOG_PREFIX, INT8
 from classifier.hyperparameters import build_parser, parse_name_value_pairs
 from scripts.aws import invoke
 from scripts.containers import build, images, local_mode
@@ -72,6 +75,14 @@ def one_image_per_class(data: Path) -> list[tuple[str, Path]]:
     return samples
 
 
+def serving_engine(engine: dockerd.Engine, container: str) -> str:
+    """What the serving container's log says about its engine: ``int8 (the reason)``."""
+    logs = engine.run("logs", container, check=False)
+    lines = f"{logs.stdout or ''}\n{logs.stderr or ''}".splitlines()
+    line = next((line for line in lines if CHOICE_LOG_PREFIX in line), None)
+    return line.split(CHOICE_LOG_PREFIX, 1)[1].strip() if line else "not named in the container's log"
+
+
 def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> int:
     """The five steps; ``data`` None generates the sample dataset in ``work``. Returns the exit status."""
     started = time.monotonic()
@@ -104,9 +115,12 @@ def run(data: Path | None, work: Path, hyperparameters: dict[str, object]) -> in
         step(4, "serve it in the serving container")
         port = free_port()
         image = local_mode.image_name("serve", tags[0])
-        with local_mode.serving_container(engine, artifact, port, image):
+        with local_mode.serving_container(engine, artifact, port, image) as container:
             url = f"http://127.0.0.1:{port}"
             print(f"healthy at {url}/ping")
+            served_by = serving_engine(engine, container)
+            quantized = "the quantized int8 model" if served_by.startswith(INT8) else "not the int8 model"
+            print(f"serving {quantized}: {served_by}")
             step(5, f"top-{TOP_K} of one test image per class (scripts.aws.invoke, as for an endpoint)")
             for folder, path in one_image_per_class(data):
                 top_k = invoke.predict(

@@ -35,7 +35,7 @@ VENV_SEED = {"pip", "setuptools"}
 FORBIDDEN = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
 # The shared facts of code/classifier/ the launchers import: they must import without torch.
 TORCH_FREE_CLASSIFIER = (
-    "artifact", "dataset", "distribution", "errors", "hyperparameters", "metrics", "protocol",
+    "artifact", "dataset", "distribution", "engines", "errors", "hyperparameters", "metrics", "protocol",
     "sagemaker_env",
 )
 # The benchmarks measure the trainer and the server: they run in .venv/train and .venv/dev.

@@ -2,9 +2,10 @@
 
 When the job has Debugger enabled, SageMaker writes ``input/config/debughookconfig.json`` and
 the hook follows it (and SageMaker uploads what it writes). Otherwise a local default hook
-saves the losses (TRAIN and EVAL) and the weights, biases and gradients (TRAIN) every
-``save_interval`` steps into a folder of our choosing. If smdebug cannot be imported,
-training goes on without it after one warning.
+saves the loss at every step (TRAIN and EVAL: scalars are cheap, and the loss rules compare
+every evaluation batch) and the weights, biases and gradients (TRAIN) every ``save_interval``
+steps into a folder of our choosing (by default in ``output/data``, which SageMaker uploads).
+If smdebug cannot be imported, training goes on without it after one warning.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Debugger:
                 save_config=smd.SaveConfig(save_interval=save_interval),
                 include_collections=list(LOCAL_COLLECTIONS),
             )
+            every_step = smd.SaveConfigMode(save_interval=1)
+            losses = hook.get_collection("losses")
+            losses.save_config = {smd.modes.TRAIN: every_step, smd.modes.EVAL: every_step}
             # Parameters and gradients only change in training: saving them in EVAL mode too
             # would cost time and disk for copies of the same tensors.
             for name in TRAIN_ONLY_COLLECTIONS:
@@ -69,8 +73,8 @@ class Debugger:
                     smd.modes.EVAL: smd.SaveConfigMode(end_step=0),  # never
                 }
             logger.info(
-                "debugger: local hook saving %s every %d steps to %s",
-                ", ".join(LOCAL_COLLECTIONS), save_interval, local_out_dir,
+                "debugger: local hook saving the loss every step and %s every %d steps to %s",
+                ", ".join(TRAIN_ONLY_COLLECTIONS), save_interval, local_out_dir,
             )
         return cls(hook, smd.modes)
 

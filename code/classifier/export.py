@@ -2,7 +2,8 @@
 
 The network is exported with ``torch.export`` (dynamic batch size), so serving needs torch
 alone: no torchvision, no training code. Beside it: the ordered class names, the evaluation
-preprocessing, the metrics, and the serving code in ``code/``. File names: ``artifact.py``.
+preprocessing, the metrics, and the serving code in ``code/``; with quantization data, the same
+weights as OpenVINO fp32 and int8 models too (``classifier.quantize``). File names: ``artifact.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from classifier import artifact
+from classifier import artifact, engines, quantize
 from classifier.errors import TrainingError
 from classifier.preprocessing import PreprocessConfig
 
@@ -89,11 +90,27 @@ def write_artifact(
     image_size: int,
     metrics: dict[str, Any],
     code_dir: Path,
+    quantization: quantize.QuantizationData | None = None,
 ) -> None:
-    """Writes every file of the artifact into ``model_dir`` and checks that none is missing."""
+    """Writes every file of the artifact into ``model_dir`` and checks that none is missing.
+
+    With ``quantization``, the OpenVINO fp32 and int8 models too, and their test accuracy in the metrics.
+    """
     check_serving_code(code_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     export_program(model, image_size, model_dir / artifact.MODEL_FILE)
+    shutil.rmtree(model_dir / Path(artifact.OPENVINO_FP32_FILE).parent, ignore_errors=True)
+    if quantization is not None:
+        record = quantize.write_openvino_models(
+            model, model_dir, PreprocessConfig.for_image_size(image_size), quantization
+        )
+        torch_accuracy = metrics.get("test", {}).get("test_accuracy")
+        if torch_accuracy is not None and torch_accuracy != record["fp32"]["test_accuracy"]:
+            logger.warning(
+                "OpenVINO fp32 test top-1 %.4f differs from torch's %.4f (float rounding near a tie)",
+                record["fp32"]["test_accuracy"], torch_accuracy,
+            )
+        metrics = {**metrics, engines.QUANTIZATION_KEY: record}
     (model_dir / artifact.CLASSES_FILE).write_text(json.dumps(class_names, indent=2) + "\n")
     PreprocessConfig.for_image_size(image_size).save(model_dir / artifact.PREPROCESS_FILE)
     (model_dir / artifact.METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

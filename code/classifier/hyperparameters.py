@@ -129,11 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debugger", type=str_to_bool, default=True,
                        help="run the local smdebug hook when SageMaker gives no Debugger config")
     debug.add_argument("--debugger-save-interval", type=_positive_int, default=100,
-                       help="steps between saved tensors when no SageMaker Debugger config is given")
+                       help="steps between saved weights, biases and gradients (the loss: every step) "
+                            "when no SageMaker Debugger config is given")
     debug.add_argument("--debugger-out-dir", default=None,
-                       help="where the local smdebug hook writes (default: <base dir>/output/tensors)")
+                       help="where the local smdebug hook writes (default: <base dir>/output/data/tensors)")
     debug.add_argument("--resource-sample-seconds", type=_positive_float, default=5.0,
                        help="seconds between CPU/GPU/memory samples")
+
+    export = parser.add_argument_group("export (classifier.quantize)")
+    export.add_argument("--quantize", type=str_to_bool, default=True,
+                        help="also export the best weights as OpenVINO fp32 and int8 models (CPU serving)")
+    export.add_argument("--calibration-images", type=_positive_int, default=300,
+                        help="training images (never test) that calibrate the int8 quantization")
     return parser
 
 

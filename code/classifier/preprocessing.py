@@ -1,8 +1,9 @@
 """Image decoding and the evaluation transform, shared by training and serving.
 
-The serving image has torch and Pillow but no torchvision, so the evaluation transform is
-written here with Pillow and torch alone; the trainer evaluates through the very same
-functions, which makes served predictions identical to the trainer's evaluation.
+The serving image has Pillow and numpy but neither torchvision nor (by default) torch, so the
+evaluation transform is written here with Pillow and numpy alone (``eval_array``); the trainer
+evaluates through the very same functions (``eval_transform`` wraps the array in a tensor), which
+makes served predictions identical to the trainer's evaluation.
 The configuration travels inside the model artifact as ``preprocess.json``.
 """
 
@@ -11,11 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,19 +121,25 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def normalize(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """An RGB image as a normalised CHW float tensor."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean_tensor = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_tensor = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (tensor - mean_tensor) / std_tensor
+def normalize(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """An RGB image as a normalised CHW float32 array (float32 arithmetic throughout)."""
+    array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    mean_array = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_array = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return (array.transpose(2, 0, 1) - mean_array) / std_array
+
+
+def eval_array(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """The evaluation transform: RGB, resize, centre crop, normalise -> CHW float32 array."""
+    image = resize_shorter_side(to_rgb(image), config.resize_size, config.interpolation)
+    return normalize(center_crop(image, config.image_size), config.mean, config.std)
 
 
 def eval_transform(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
-    """The evaluation transform: RGB, resize, centre crop, normalise -> CHW float tensor."""
-    image = resize_shorter_side(to_rgb(image), config.resize_size, config.interpolation)
-    return normalize(center_crop(image, config.image_size), config.mean, config.std)
+    """``eval_array`` as a CHW float tensor (for the trainer's loaders and the torch engine)."""
+    import torch  # here, not above: serving without torch imports this module too
+
+    return torch.from_numpy(eval_array(image, config))
 
 
 class EvalTransform:

@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from classifier.artifact import TENSORS_DIR
+
 DEFAULT_BASE_DIR = "/opt/ml"
 DEBUGGER_CONFIG_FILE = "input/config/debughookconfig.json"
 # SageMaker's failure reason shows the first 1024 characters of output/failure.
@@ -38,8 +40,9 @@ def checkpoint_dir() -> Path:
 
 
 def debugger_out_dir() -> Path:
-    """Where the local smdebug hook writes when SageMaker gave no Debugger configuration."""
-    return output_dir() / "tensors"
+    """Where the local smdebug hook writes when SageMaker gave no Debugger configuration: in the
+    output data folder, which SageMaker uploads (``output.tar.gz``) with or without Debugger."""
+    return output_data_dir() / TENSORS_DIR
 
 
 def debugger_config_file() -> Path:

@@ -5,7 +5,7 @@
 | ``SAGEMAKER_BIND_TO_PORT`` | 8080 | the port SageMaker sends ``/ping`` and ``/invocations`` to |
 | ``SERVE_BIND_HOST`` | 0.0.0.0 | the address to listen on (``make serve-local``: 127.0.0.1) |
 | ``SAGEMAKER_MODEL_SERVER_WORKERS`` | cores // 2 (at least 1) | model-server workers (processes) |
-| ``SERVE_TORCH_THREADS`` | cores // workers (at least 1) | torch threads in each worker |
+| ``SERVE_TORCH_THREADS`` | cores // workers (at least 1) | threads in each worker (torch or OpenVINO) |
 | ``SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS`` | 60 | a request's time limit in a worker |
 | ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` | | the same in minutes, as sagemaker-inference reads it |
 | ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` | 6 | the largest request body (SageMaker real-time: 6 MB) |

@@ -1,13 +1,22 @@
-"""One SageMaker training job on our image, with Debugger rules, the profiler and spot checkpoints.
+"""One SageMaker training job on our image, with spot checkpoints, and SageMaker Debugger if asked.
 
     python -m scripts.aws.train_job [--hyperparameters-file runs/aws/best-hyperparameters.json]
-                                [--no-wait] [-- --epochs 20 ...]
+                                [--sagemaker-debugger] [--no-wait] [-- --epochs 20 ...]
 
 Hyperparameters come from the tuner's result file (or any JSON object of them), then from the
-``--name value`` pairs after ``--``, which win; the trainer's parser checks them first. SDK v3's
-``ModelTrainer`` cannot attach Debugger settings, so the CreateTrainingJob request is built here
-by a pure function (``training_job_request``) and sent with boto3. The job's model, Debugger
-tensors, profiler data and ProfilerReport are printed before it starts, and the job is recorded in
+``--name value`` pairs after ``--``, which win; the trainer's parser checks them first.
+
+By default the job carries no SageMaker Debugger or profiler settings, so it runs on every
+account (AWS closed Debugger to new customers on 2026-07-30): the trainer records its own
+evidence (its smdebug hook's tensors, step timings, resource samples, epochs) in the output data
+folder that SageMaker uploads, and ``make report JOB=`` runs this project's rules on it.
+``--sagemaker-debugger`` adds, for accounts that have Debugger, the hook configuration, the
+built-in rules, this project's rules as custom rules (``scripts/report/rules.py``, uploaded
+beside the job outputs), system profiling and the ProfilerReport rule.
+
+SDK v3's ``ModelTrainer`` cannot attach Debugger settings, so the CreateTrainingJob request is
+built here by a pure function (``training_job_request``) and sent with boto3. Where the job's
+outputs will be is printed before it starts, and the job is recorded in
 ``runs/aws/last-training-job.json``, which ``scripts.aws.deploy`` reads.
 """
 
@@ -24,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import botocore.exceptions
 
 from classifier import sagemaker_env
+from classifier.artifact import LIVE_EVIDENCE_DIR
 from classifier.hyperparameters import build_parser
 from scripts.aws import custom_rules, debugger_config, ecr, jobs, settings
 from scripts.aws.jobs import JobResources
@@ -47,11 +57,15 @@ class TrainingJobSpec:
     checkpoint_uri: str
     hyperparameters: dict[str, str] = field(default_factory=dict)
     resources: JobResources = field(default_factory=JobResources)
-    debugger_save_interval: int = DEFAULT_SAVE_INTERVAL
-    debugger: bool = True  # the hook and the five built-in rules
-    profiler: bool = True  # system monitoring and the ProfilerReport rule
+    debugger_save_interval: int = DEFAULT_SAVE_INTERVAL  # the SageMaker Debugger hook's
+    # SageMaker Debugger: the hook, the five built-in rules, system profiling and ProfilerReport
+    sagemaker_debugger: bool = False
     # s3:// URI of scripts/report/rules.py: this project's rules run beside the built-in ones
     custom_rules_source: str | None = None
+
+    def __post_init__(self):
+        if self.custom_rules_source and not self.sagemaker_debugger:
+            raise LaunchError("custom rules run in SageMaker Debugger: they need sagemaker_debugger")
 
     def locations(self) -> dict[str, str]:
         """Where SageMaker puts what this job produces (its conventions under the output path)."""
@@ -59,14 +73,13 @@ class TrainingJobSpec:
         rule_output = f"{job}/rule-output"
         locations = {
             "model": f"{job}/output/model.tar.gz",
-            "output_data": f"{job}/output/output.tar.gz",
+            "output_data": f"{job}/output/output.tar.gz",  # the trainer's evidence, once the job ends
             "checkpoints": self.checkpoint_uri,
+            "live_evidence": f"{self.checkpoint_uri.rstrip('/')}/{LIVE_EVIDENCE_DIR}",  # while it runs
         }
-        if self.debugger:
+        if self.sagemaker_debugger:
             locations["debugger_tensors"] = f"{job}/debug-output"
-        if self.debugger or self.profiler:
             locations["rule_output"] = rule_output
-        if self.profiler:
             locations["profiler_data"] = f"{job}/profiler-output"
             locations["profiler_report"] = (
                 f"{rule_output}/{debugger_config.PROFILER_REPORT_RULE}/profiler-output/profiler-report.html"
@@ -95,32 +108,36 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
         # Synced to S3 while the job runs; a spot job interrupted and restarted resumes from it.
         "CheckpointConfig": {"S3Uri": spec.checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH},
     }
+    if not spec.sagemaker_debugger:
+        return request
     # SageMaker appends <job>/debug-output and <job>/profiler-output to these paths itself
     # (locations() names the results), so both get the job's output path.
-    if spec.debugger:
-        request["DebugHookConfig"] = debugger_config.debug_hook_config(
-            spec.output_uri, spec.debugger_save_interval
+    request["DebugHookConfig"] = debugger_config.debug_hook_config(
+        spec.output_uri, spec.debugger_save_interval
+    )
+    request["DebugRuleConfigurations"] = debugger_config.debug_rule_configurations(spec.region)
+    if spec.custom_rules_source:
+        request["DebugRuleConfigurations"] += custom_rules.debug_rule_configurations(
+            spec.custom_rules_source, spec.region
         )
-        request["DebugRuleConfigurations"] = debugger_config.debug_rule_configurations(spec.region)
-        if spec.custom_rules_source:
-            request["DebugRuleConfigurations"] += custom_rules.debug_rule_configurations(
-                spec.custom_rules_source, spec.region
-            )
-            hook = request["DebugHookConfig"]
-            collections = hook["CollectionConfigurations"]
-            hook["CollectionConfigurations"] = custom_rules.losses_every_step(collections)
-    if spec.profiler:
-        request["ProfilerConfig"] = debugger_config.profiler_config(spec.output_uri)
-        request["ProfilerRuleConfigurations"] = debugger_config.profiler_rule_configurations(spec.region)
+        hook = request["DebugHookConfig"]
+        hook["CollectionConfigurations"] = custom_rules.losses_every_step(hook["CollectionConfigurations"])
+    request["ProfilerConfig"] = debugger_config.profiler_config(spec.output_uri)
+    request["ProfilerRuleConfigurations"] = debugger_config.profiler_rule_configurations(spec.region)
     return request
 
 
-def refusal_hint(error: Exception, spec: TrainingJobSpec) -> str:
-    """A pointer to ``--no-debugger`` when AWS refuses a job over its Debugger or profiler settings."""
-    if (spec.debugger or spec.profiler) and re.search(r"debug|profil|rule", str(error), re.IGNORECASE):
-        return ("; SageMaker Debugger is closed to accounts that had not used it before 2026-07-30: "
-                "retry with --no-debugger --no-profiler (make train TRAIN_ARGS=...)")
-    return ""
+DEBUGGER_REFUSED = re.compile(r"debug|profil|rule", re.IGNORECASE)
+
+
+def refusal_message(error: botocore.exceptions.ClientError, spec: TrainingJobSpec) -> str:
+    """AWS's refusal in one line; when it is about SageMaker Debugger, what to do instead."""
+    text = " ".join(str(error).split())
+    if spec.sagemaker_debugger and DEBUGGER_REFUSED.search(text):
+        return (f"{text}; this account cannot use SageMaker Debugger (closed to new customers since "
+                "2026-07-30): drop --sagemaker-debugger, the trainer's own evidence and make report JOB= "
+                "work without it")
+    return text
 
 
 def merged_hyperparameters(file: Path | None, overrides: dict[str, str]) -> dict[str, str]:
@@ -170,16 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hyperparameters-file", type=Path,
                         help="JSON: the tuner's result file, or an object of hyperparameters")
     parser.add_argument("--job-name", help=f"default: {JOB_BASE_NAME}-<timestamp>")
+    parser.add_argument("--sagemaker-debugger", action="store_true",
+                        help="add SageMaker Debugger: its hook, the built-in rules, this project's rules "
+                             "(scripts/report/rules.py, uploaded beside the job outputs) as custom rules, "
+                             "system profiling and ProfilerReport (closed to accounts new since 2026-07-30; "
+                             "without it the trainer records its own evidence for make report)")
     parser.add_argument("--debugger-save-interval", type=int, default=DEFAULT_SAVE_INTERVAL,
-                        help="training steps between saved tensors")
-    parser.add_argument("--debugger", action=argparse.BooleanOptionalAction, default=True,
-                        help="SageMaker Debugger hook and built-in rules (closed to accounts new since "
-                             "2026-07-30: use --no-debugger --no-profiler there)")
-    parser.add_argument("--custom-rules", action="store_true",
-                        help="also run this project's rules (scripts/report/rules.py) as custom rules; "
-                             "the file is uploaded beside the job outputs")
-    parser.add_argument("--profiler", action=argparse.BooleanOptionalAction, default=True,
-                        help="SageMaker system profiling and the ProfilerReport rule")
+                        help="with --sagemaker-debugger: training steps between the tensors its hook saves "
+                             "(the trainer's own hook: the debugger-save-interval hyperparameter)")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="wait for the job and print its rule evaluations")
     parser.add_argument("--record", type=Path, default=settings.LAST_TRAINING_JOB_FILE,
@@ -195,11 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         context = settings.connect(args, needs=("role_arn", "bucket"))
         config = context.config
         job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME)
-        if args.custom_rules and not args.debugger:
-            raise LaunchError("--custom-rules needs the Debugger hook: drop --no-debugger")
         custom_rules_source = (
             custom_rules.upload_rules_source(context.client("s3"), config.s3_uri("debug-rules", job_name))
-            if args.custom_rules else None
+            if args.sagemaker_debugger else None
         )
         spec = TrainingJobSpec(
             job_name=job_name,
@@ -212,20 +225,20 @@ def main(argv: list[str] | None = None) -> None:
             hyperparameters=hyperparameters,
             resources=resources,
             debugger_save_interval=args.debugger_save_interval,
-            debugger=args.debugger,
-            profiler=args.profiler,
+            sagemaker_debugger=args.sagemaker_debugger,
             custom_rules_source=custom_rules_source,
         )
         try:
             record = start(context, spec)
         except botocore.exceptions.ClientError as error:
-            raise LaunchError(f"{error}{refusal_hint(error, spec)}") from error
+            raise LaunchError(refusal_message(error, spec)) from error
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(record, indent=2) + "\n")
         print(f"started training job {job_name} on {spec.image_uri}", file=sys.stderr)
         print(f"hyperparameters: {json.dumps(hyperparameters)}", file=sys.stderr)
         for what, where in record["locations"].items():
             print(f"  {what:17} {where}", file=sys.stderr)
+        print(f"debugging report (while it runs, too): make report JOB={job_name}", file=sys.stderr)
         if args.wait:
             description = wait(context, job_name)
             print(f"training job {job_name} completed; model at "

@@ -39,6 +39,7 @@ RECIPE = {
     "workers": 0,
     "seed": 0,
     "debugger": False,
+    "quantize": False,  # after training: no part of the figures
 }
 COUNTS = {"train": 160, "valid": 4, "test": 60}  # per class, 3 classes
 RUN_TIMEOUT_S = 1800

@@ -12,7 +12,9 @@ In one process, on one generated dataset, with one seed, for each image size:
   (``classifier.debugger`` with the default save interval). The two take turns step by step
   (ABBA order), so both see the same load on a shared machine; the hook's cost is the
   difference in total time over all steps, save steps included. CPU time is reported too:
-  it is less sensitive to other processes than wall time.
+  it is less sensitive to other processes than wall time;
+* step timing: what ``classifier.step_timing`` adds to each training step (the trainer times
+  every step), from an empty loop timed against the bare loop.
 
 A last section (``scripts.bench.data_parallel``) trains the whole trainer with one process and
 with two (DDP), for images/s and test accuracy.
@@ -41,8 +43,9 @@ import train
 from classifier import models, optimization, sagemaker_env
 from classifier.checkpoints import StopSignal
 from classifier.data import build_loaders, load_splits
-from classifier.debugger import LOCAL_COLLECTIONS, Debugger
+from classifier.debugger import TRAIN_ONLY_COLLECTIONS, Debugger
 from classifier.hyperparameters import build_parser
+from classifier.step_timing import StepTimer
 from scripts.bench import data_parallel
 from scripts.datasets.sample import make_dataset
 
@@ -137,12 +140,28 @@ def measure(args: argparse.Namespace, data, image_size: int, workdir: Path) -> d
     }
 
 
+def step_timer_cost_us(workdir: Path, steps: int = 100_000, repeats: int = 5) -> float:
+    """Microseconds the step timer adds to one step: an empty loop, timed, against the bare loop
+    (the best of a few tries each: the least disturbed by other processes)."""
+    def seconds(batches) -> float:
+        started = time.perf_counter()
+        for _ in batches:
+            pass
+        return time.perf_counter() - started
+
+    timer = StepTimer(workdir / "step-timings.jsonl")
+    bare = min(seconds(range(steps)) for _ in range(repeats))
+    timed = min(seconds(timer.timed(range(steps), epoch=1)) for _ in range(repeats))
+    timer.flush()
+    return max(timed - bare, 0.0) / steps * 1e6
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     align = ["---"] + ["---:"] * (len(header) - 1)
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
 
 
-def report(args: argparse.Namespace, results: list[dict]) -> str:
+def report(args: argparse.Namespace, results: list[dict], timer_us: float) -> str:
     workers = sagemaker_env.num_cpus()
     hook_table = markdown_table(
         ["image size", "no hook, images/s", "default hook, images/s", "overhead: wall", "CPU",
@@ -171,8 +190,8 @@ spin and step times swing tenfold).
 
 ## smdebug hook cost
 
-The local default hook saves {", ".join(LOCAL_COLLECTIONS)} every {args.save_interval} steps
-(weights, biases and gradients in TRAIN mode only). Overhead = extra training time with
+The local default hook saves the loss every step and {", ".join(TRAIN_ONLY_COLLECTIONS)} every
+{args.save_interval} steps (in TRAIN mode only). Overhead = extra training time with
 the hook, save steps included (target: at most +10%), three ways: total wall time, total CPU
 time, and an estimate that other processes' load barely moves: the median extra time of a
 step that saves nothing (each step of the hooked network is paired with the same batch on the
@@ -188,6 +207,12 @@ interval in proportion to keep the second term small.
 ## Data loading against model steps
 
 {loader_table}
+
+## Step timing cost
+
+The trainer times every training step (`classifier/step_timing.py`: three clock readings, a
+record kept in memory, JSON lines appended 200 steps at a time): **{timer_us:.1f} µs per step**,
+{timer_us / 1000 / results[0]['step_ms']:.4%} of the median model step above ({results[0]['step_ms']:.0f} ms).
 """
 
 
@@ -218,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_splits({"training": root}, max_bad_fraction=0.0, scan_threads=sagemaker_env.num_cpus())
     results = [measure(args, data, size, workdir) for size in args.image_sizes]
 
-    text = report(args, results)
+    text = report(args, results, step_timer_cost_us(workdir))
     if args.data_parallel:
         text += data_parallel.report(data_parallel.measure(workdir), markdown_table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

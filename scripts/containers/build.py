@@ -1,8 +1,11 @@
 """Build the training and serving images, offline or behind a proxy if need be.
 
     python -m scripts.containers.build [train] [serve] [--tag TAG ...] [--pretrained-models resnet50]
+                                       [--serve-variant torch]
 
 Tags default to the git short SHA and ``latest`` (``scripts.containers.images``); the platform is linux/amd64.
+The serving image's ``torch`` variant (``--serve-variant torch``, tags suffixed ``-torch``) adds torch
+to the default torch-free image (``docker/serve/Dockerfile``).
 What a build takes from its environment, so that it works on a locked-down machine:
 
 - ``BASE_IMAGE``: the Python 3.11 base; by default the public slim image, or one made offline
@@ -14,8 +17,8 @@ What a build takes from its environment, so that it works on a locked-down machi
 - ``WHEELHOUSE``: folders holding wheels for an offline build (default: the host pip's
   ``find-links`` folders). Wheels found there that an image pins are linked into its
   ``docker/<image>/wheelhouse/``.
-- ``TORCH_CPU_INDEX``: where the serving image's CPU torch comes from (PyTorch's CPU index);
-  not used when the wheelhouse already holds the pinned wheel.
+- ``TORCH_CPU_INDEX``: where the serving image's torch variant gets its CPU torch (PyTorch's CPU
+  index); not used when the wheelhouse already holds the pinned wheel.
 
 Standard library only: ``make build`` needs no Python environment.
 """
@@ -44,6 +47,8 @@ PLATFORM = "linux/amd64"
 DEFAULT_TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "FTP_PROXY")
 PIP_CERT_SECRET = "pip_cert"
+TORCH_VARIANT = "torch"  # the serving image with torch (SERVE_ENGINE=torch, older artifacts)
+SERVE_VARIANTS = ("default", TORCH_VARIANT)
 
 
 def dockerfile(kind: str) -> Path:
@@ -51,8 +56,16 @@ def dockerfile(kind: str) -> Path:
     return REPO_ROOT / "docker" / kind / "Dockerfile"
 
 
-def requirements_file(kind: str) -> Path:
+def requirements_file(kind: str, variant: str = "default") -> Path:
+    """The hash-locked requirements of an image (the serving image's torch variant has its own)."""
+    if kind == "serve" and variant == TORCH_VARIANT:
+        return REPO_ROOT / "docker" / kind / "requirements-torch.txt"
     return REPO_ROOT / "docker" / kind / "requirements.txt"
+
+
+def variant_tags(tags: Iterable[str], variant: str = "default") -> list[str]:
+    """``["abc123", "latest"]`` -> ``["abc123-torch", "latest-torch"]`` for the torch variant."""
+    return [tag if variant == "default" else f"{tag}-{variant}" for tag in tags]
 
 
 def wheelhouse_dir(kind: str) -> Path:
@@ -136,8 +149,10 @@ def build_args(
     environ: Mapping[str, str],
     torch_index: str | None = None,
     pretrained_models: str = "",
+    serve_variant: str = "",
 ) -> list[str]:
-    """The ``--build-arg`` options: base, proxies (values from the environment), index, torch, weights."""
+    """The ``--build-arg`` options: base, proxies (values from the environment), index, torch, weights,
+    the serving image's variant."""
     options = ["--build-arg", f"BASE_IMAGE={base_image}"]
     for name in PROXY_VARIABLES:
         for spelling in (name, name.lower()):
@@ -150,6 +165,8 @@ def build_args(
         options += ["--build-arg", f"TORCH_INDEX={torch_index}"]
     if pretrained_models:
         options += ["--build-arg", f"PRETRAINED_MODELS={pretrained_models}"]
+    if serve_variant:
+        options += ["--build-arg", f"SERVE_VARIANT={serve_variant}"]
     return options
 
 
@@ -207,12 +224,13 @@ def wheelhouse_sources(environ: Mapping[str, str]) -> list[Path]:
 
 
 def host_torch_index(kind: str, configured: str, environ: Mapping[str, str]) -> str:
-    """The extra index ``pip install`` of ``kind``'s pins needs on this host for torch.
+    """The extra index ``pip install`` of ``kind``'s pins needs on this host for torch (for the
+    serving image: its torch variant's pins, those of the host's ``.venv/serve``).
 
     "" when a find-links folder already holds the pinned torch wheel: an unreachable index
     would otherwise cost pip five retries for every package.
     """
-    pins = parse_pins(requirements_file(kind).read_text())
+    pins = parse_pins(requirements_file(kind, TORCH_VARIANT).read_text())
     torch = pins.get("torch")
     local = (wheel for folder in wheelhouse_sources(environ) for wheel in folder.glob("torch-*.whl"))
     wheels = pinned_candidates(pins, local)
@@ -262,10 +280,16 @@ def build_image(
     environ: Mapping[str, str] = os.environ,
     pretrained_models: str = "",
     quiet: bool = False,
+    serve_variant: str = "default",
 ) -> float:
-    """Builds one image and returns the seconds it took; raises CalledProcessError on failure."""
-    tags = list(tags)
-    pins = parse_pins(requirements_file(kind).read_text())
+    """Builds one image and returns the seconds it took; raises CalledProcessError on failure.
+
+    ``serve_variant="torch"``: the serving image's torch variant, under ``variant_tags(tags)``."""
+    if serve_variant not in SERVE_VARIANTS:
+        raise ValueError(f"unknown serving image variant {serve_variant!r}; expected one of {SERVE_VARIANTS}")
+    variant = serve_variant if kind == "serve" else "default"
+    tags = variant_tags(tags, variant)
+    pins = parse_pins(requirements_file(kind, variant).read_text())
     wheelhouse_hashes = fill_wheelhouse(pins, wheelhouse_sources(environ), wheelhouse_dir(kind))
     torch_index = None
     if kind == "serve":
@@ -276,7 +300,7 @@ def build_image(
     command = build_command(
         kind,
         tags,
-        build_args(base_image, environ, torch_index, pretrained_models),
+        build_args(base_image, environ, torch_index, pretrained_models, variant if kind == "serve" else ""),
         pip_cert=pip_cert if pip_cert and Path(pip_cert).is_file() else None,
     )
     print(f"[build] {images.repository(kind)}:{','.join(tags)} on {base_image}", file=sys.stderr, flush=True)
@@ -307,6 +331,8 @@ def main() -> None:
         default=os.environ.get("PRETRAINED_MODELS", ""),
         help='training image: bake these models\' ImageNet weights, e.g. "resnet50"',
     )
+    parser.add_argument("--serve-variant", choices=SERVE_VARIANTS, default="default",
+                        help="serving image: the torch-free default, or its torch variant (tags -torch)")
     parser.add_argument("--print-torch-index", metavar="INDEX_URL",
                         help="print the torch index pip needs for the images' pins on this host "
                              "(INDEX_URL, or nothing when a local wheel has the pinned torch), then exit")
@@ -324,8 +350,10 @@ def main() -> None:
             base_image = ensure_base_image(engine, os.environ.get("BASE_IMAGE") or None)
             for kind in args.kinds or list(images.REPOSITORIES):
                 pretrained = args.pretrained_models if kind == "train" else ""
-                build_image(engine, kind, tags, base_image, pretrained_models=pretrained)
-                image = f"{images.repository(kind)}:{tags[0]}"
+                build_image(engine, kind, tags, base_image, pretrained_models=pretrained,
+                            serve_variant=args.serve_variant)
+                variant = args.serve_variant if kind == "serve" else "default"
+                image = f"{images.repository(kind)}:{variant_tags(tags, variant)[0]}"
                 print(f"[build] {image}: {image_size_mb(engine, image):.0f} MB", file=sys.stderr)
     except EngineUnavailable as error:
         sys.exit(f"docker engine: {error}")

@@ -1,4 +1,5 @@
-"""Debian packages the Docker plumbing installs itself, as root, where they are missing."""
+"""Debian packages the project installs itself, as root, where they are missing (the Docker plumbing's,
+and the browser the report's test renders pages with)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ def can_install() -> bool:
 
 def install_debian_packages(*packages: str) -> None:
     """``apt-get update`` then ``apt-get install`` (no recommends), noninteractive."""
-    print(f"[docker-engine] installing {' '.join(packages)} with apt-get", file=sys.stderr, flush=True)
+    print(f"[apt-get] installing {' '.join(packages)}", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]  # another install may be running
+    subprocess.run(["apt-get", *wait_for_lock, "update", "-qq"], check=True, env=env)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env
+        ["apt-get", *wait_for_lock, "install", "-y", "-qq", "--no-install-recommends", *packages],
+        check=True, env=env,
     )
 
 

@@ -6,8 +6,8 @@
 OUT is laid out like ``/opt/ml`` (``scripts.local.opt_ml.lay_out``, ``code/`` copied in), then the
 training toolkit's ``train`` command from ``.venv/train`` runs with ``SAGEMAKER_BASE_DIR=OUT``
 and ``SAGEMAKER_PROGRAM=train.py``, through the image's framework module (``train_launcher``).
-Afterwards OUT holds ``model/``, ``output/success`` or ``output/failure``, ``output/tensors/``
-(smdebug), ``output/data/`` and ``checkpoints/``.
+Afterwards OUT holds ``model/``, ``output/success`` or ``output/failure``, ``output/data/`` (the
+trainer's evidence, smdebug tensors included) and ``checkpoints/``.
 
 ``--nproc N`` (N > 1) asks for data-parallel training as a job does (``sagemaker_*``
 hyperparameters): the toolkit starts torchrun, which runs N trainer processes on this host (gloo on

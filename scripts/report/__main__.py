@@ -4,7 +4,9 @@
     python -m scripts.report --job JOB_NAME --out report.html      # a SageMaker training job
 
 A job is found with the launchers' AWS settings (``scripts.aws.settings``: options, environment,
-``launch.toml``); its Debugger output is mirrored to ``--tensors-cache`` and read locally.
+``launch.toml``); its evidence in S3 (``output.tar.gz``, or the live copy beside its checkpoint while
+it runs, and SageMaker Debugger's tensors if it used Debugger) is mirrored to ``--cache`` and read
+locally.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from scripts.aws import settings
 from scripts.report.document import print_outcomes, write_report
 from scripts.report.sources import load_local_run, load_training_job
 
-DEFAULT_TENSORS_CACHE = CACHE_DIR / "debug-output"
+DEFAULT_JOB_CACHE = CACHE_DIR / "report-jobs"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--run", type=Path, help="the OUT folder of a local training run")
     source.add_argument("--job", help="the name of a SageMaker training job")
     parser.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file to write")
-    parser.add_argument("--tensors-cache", type=Path, default=DEFAULT_TENSORS_CACHE,
-                        help="where a job's Debugger output is mirrored before it is read")
+    parser.add_argument("--cache", "--tensors-cache", type=Path, default=DEFAULT_JOB_CACHE,
+                        help="where a job's evidence from S3 is mirrored (<cache>/<job>) before it is read")
     settings.add_config_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             context = settings.connect(args)
             os.environ["AWS_REGION"] = context.config.region  # smdebug's S3 reader reads only this
             evidence = load_training_job(
-                args.job, context.client("sagemaker"), context.client("s3"), tensors_cache=args.tensors_cache
+                args.job, context.client("sagemaker"), context.client("s3"), cache_dir=args.cache
             )
     except (FileNotFoundError, ValueError, *settings.USER_ERRORS) as error:
         raise SystemExit(f"report: {error}") from error

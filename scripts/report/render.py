@@ -1,4 +1,9 @@
-"""Draw the report's plots (matplotlib, Agg) and write the one-file HTML report."""
+"""Draw the report's plots (matplotlib, Agg) and write the one-file HTML report.
+
+The page reads top down: the verdict and what to change, every rule's outcome, the plots (lines
+for a few series, heatmaps for per-layer data), then the details (metrics, hyperparameters,
+resource figures, what SageMaker itself evaluated).
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,23 @@ from datetime import UTC, datetime
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from scripts.report.data import Plot
+from scripts.report.data import Heatmap, Plot, short_labels
 
 LEGEND_ROWS = 18  # beyond this many series the legend wraps into more columns
+MAX_X_TICKS = 12
 
 
-def figure(plot: Plot) -> Figure:
+def figure(plot: Plot | Heatmap) -> Figure:
     """The plot drawn on its own Figure (no pyplot state: safe in tests and threads)."""
+    if isinstance(plot, Heatmap):
+        return heatmap_figure(plot)
     columns = max(1, math.ceil(len(plot.series) / LEGEND_ROWS))
     fig = Figure(figsize=(8 + 2.2 * columns, 4.5), layout="constrained")
     axes = fig.subplots()
-    # Past the default cycle's 10 colours, a colour map keeps every line (layer) distinguishable.
+    # Past the default cycle's 10 colours, a colour map keeps every line distinguishable.
     colours = colormaps["viridis"](np.linspace(0, 0.95, len(plot.series))) if len(plot.series) > 10 else None
     for index, series in enumerate(plot.series):
         axes.plot(series.x, series.y, marker="." if len(series.x) < 40 else None, label=series.label,
@@ -34,6 +43,26 @@ def figure(plot: Plot) -> Figure:
     if plot.series:
         fontsize = "x-small" if len(plot.series) > 6 else None
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=columns, fontsize=fontsize)
+    return fig
+
+
+def heatmap_figure(plot: Heatmap) -> Figure:
+    """Layers down, steps across, the value as colour on a log scale; grey where nothing was saved
+    (or the value is 0, which a log scale cannot show)."""
+    rows = len(plot.rows)
+    fig = Figure(figsize=(10, min(2.0 + 0.15 * rows, 14.0)), layout="constrained")
+    axes = fig.subplots()
+    matrix = np.ma.masked_invalid(plot.matrix())
+    matrix = np.ma.masked_less_equal(matrix, 0.0)
+    norm = LogNorm(vmin=matrix.min(), vmax=matrix.max()) if matrix.count() else None
+    image = axes.imshow(matrix, aspect="auto", interpolation="nearest", norm=norm,
+                        cmap=colormaps["viridis"].with_extremes(bad="#d9d9d9"))
+    axes.set_yticks(range(rows), short_labels(plot.rows), fontsize=6 if rows > 30 else 8)
+    ticks = sorted(set(np.linspace(0, len(plot.columns) - 1, min(len(plot.columns), MAX_X_TICKS))
+                       .round().astype(int).tolist()))
+    axes.set_xticks(ticks, [f"{plot.columns[i]:g}" for i in ticks])
+    axes.set(title=plot.title, xlabel=plot.xlabel)
+    fig.colorbar(image, ax=axes, label=plot.colorbar_label)
     return fig
 
 
@@ -68,15 +97,25 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vert
 th { background: #f3f3f3; }
 .triggered { background: #fde2e1; } .ok { background: #e3f5e1; } .unknown { background: #f4f4f4; }
 .note { color: #8a5a00; } figure { margin: 1rem 0; } figcaption { color: #555; font-size: 0.85rem; }
+figure img { max-width: 100%; }
 iframe { width: 100%; height: 800px; border: 1px solid #ccc; }
+.summary { border: 2px solid #999; border-radius: 8px; padding: 0.6rem 1.2rem; margin: 1rem 0; }
+.summary h2 { margin: 0.2rem 0; } .summary .also { color: #555; font-weight: normal; font-size: 1rem; }
+.verdict-learned { border-color: #2e7d32; background: #f1f8f1; }
+.verdict-overfitting, .verdict-bottlenecked { border-color: #b26a00; background: #fff8ec; }
+.verdict-not-learning { border-color: #c62828; background: #fdf0f0; }
+.verdict-no-verdict { border-color: #999; background: #f7f7f7; }
 """
 
 
 def render_html(
     evidence,
-    outcomes,
-    plots: list[Plot],
+    summary,
+    tensor_outcomes,
+    profiler_outcomes,
+    plots: list[Plot | Heatmap],
     job_rule_rows: list[tuple[str, str, str, str, str]],
+    step_summary: dict[str, float],
     resource_summary: dict[str, tuple[float, float]],
     resource_findings: list[str],
 ) -> str:
@@ -87,20 +126,25 @@ def render_html(
         f"<h1>Training report: {_escape(evidence.name)}</h1>",
         f"<p class='meta'>{_escape(evidence.location)} · status <b>{_escape(evidence.status)}</b> · "
         f"written {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
+        _summary_html(summary),
     ]
     if evidence.failure_reason:
         parts.append(f"<p class='note'>Failure reason: {_escape(evidence.failure_reason)}</p>")
     parts += [f"<p class='note'>{_escape(note)}</p>" for note in evidence.notes]
 
-    parts.append("<h2>Hyperparameters</h2>")
-    rows = [(_escape(name), _escape(value)) for name, value in sorted(evidence.hyperparameters.items())]
-    parts.append(_table(("name", "value"), rows) if rows else "<p>none recorded</p>")
-
-    parts.append("<h2>Metrics</h2>")
-    parts.append(_metrics_html(evidence))
-
     parts.append("<h2>Rule checks</h2>")
-    parts.append(_outcomes_html(outcomes, evidence.tensors_location))
+    parts.append(_outcomes_html(
+        tensor_outcomes, "Training rules",
+        f"smdebug custom rules (scripts/report/rules.py) on the tensors in <code>"
+        f"{_escape(evidence.tensors_location)}</code>",
+        "No tensor rule checks: the run has no Debugger tensors.",
+    ))
+    parts.append(_outcomes_html(
+        profiler_outcomes, "Profiler rules",
+        "scripts/report/profiler_rules.py on the trainer's own step timings, resource samples and epochs"
+        + (f" from <code>{_escape(evidence.evidence_location)}</code>" if evidence.evidence_location else ""),
+        "No profiler rule checks.",
+    ))
     if job_rule_rows:
         parts.append("<h3>Rules evaluated by SageMaker</h3>")
         parts.append(_table(("rule", "kind", "status", "details", "advice"),
@@ -111,7 +155,17 @@ def render_html(
     for plot in plots:
         parts.append(_plot_html(plot))
 
-    parts.append("<h2>Resource use</h2>")
+    parts.append("<h2>Metrics</h2>")
+    parts.append(_metrics_html(evidence))
+    parts.append("<h2>Hyperparameters</h2>")
+    rows = [(_escape(name), _escape(value)) for name, value in sorted(evidence.hyperparameters.items())]
+    parts.append(f"<details><summary>{len(rows)} hyperparameters</summary>{_table(('name', 'value'), rows)}"
+                 "</details>" if rows else "<p>none recorded</p>")
+
+    parts.append("<h2>Training steps and resource use</h2>")
+    if step_summary:
+        parts.append(_table(("training steps", "value"),
+                            [(_escape(key), _number(value)) for key, value in step_summary.items()]))
     if resource_summary:
         parts.append(_table(("measure", "mean", "max"),
                             [(_escape(key), f"{mean:.1f}", f"{peak:.1f}")
@@ -127,6 +181,18 @@ def render_html(
         )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _summary_html(summary) -> str:
+    css = "verdict-" + summary.verdict.replace(" ", "-")
+    also = f" <span class='also'>(also: {_escape(', '.join(summary.also))})</span>" if summary.also else ""
+    facts = "".join(f"<li>{_escape(fact)}</li>" for fact in summary.facts)
+    changes = "".join(f"<li>{_escape(change)}</li>" for change in summary.changes)
+    return (
+        f"<section class='summary {css}' id='summary'><h2>Verdict: {_escape(summary.verdict)}{also}</h2>"
+        f"<p>{_escape(summary.headline)}</p>" + (f"<ul>{facts}</ul>" if facts else "")
+        + (f"<p><b>What to change</b></p><ol>{changes}</ol>" if changes else "") + "</section>"
+    )
 
 
 def _metrics_html(evidence) -> str:
@@ -154,31 +220,35 @@ def _metrics_html(evidence) -> str:
     return "\n".join(parts) or "<p>no metrics recorded</p>"
 
 
-def _outcomes_html(outcomes, tensors_location: str) -> str:
+def outcome_state(outcome) -> str:
+    """``issue found (3 steps, first at step 12)``, ``no issue`` or ``not enough data (4 data points)``."""
+    if outcome.triggered:
+        if outcome.first_step is None:
+            return "issue found"
+        return f"issue found ({outcome.violations} steps, first at step {outcome.first_step})"
+    if outcome.evaluated:
+        return "no issue"
+    return f"not enough data ({outcome.datapoints} data points)"
+
+
+def _outcomes_html(outcomes, title: str, caption: str, empty: str) -> str:
     if not outcomes:
-        return "<p>No rule checks: the run has no Debugger tensors.</p>"
+        return f"<h3>{_escape(title)}</h3><p>{_escape(empty)}</p>"
     rows = []
     for outcome in outcomes:
-        if outcome.triggered:
-            state = f"issue found ({outcome.violations} steps, first at step {outcome.first_step})"
-            css = "triggered"
-        elif outcome.evaluated:
-            state, css = "no issue", "ok"
-        else:
-            state, css = f"not enough data ({outcome.datapoints} data points)", "unknown"
+        css = "triggered" if outcome.triggered else ("ok" if outcome.evaluated else "unknown")
         rows.append((
             f"<span class='{css}'>{_escape(outcome.rule)}</span>",
             _escape(outcome.checks),
-            f"<span class='{css}'>{_escape(state)}</span>",
+            f"<span class='{css}'>{_escape(outcome_state(outcome))}</span>",
             _escape(outcome.message),
             _escape(outcome.advice) if outcome.triggered else "",
         ))
-    caption = (f"<p class='meta'>smdebug custom rules (scripts/report/rules.py) invoked on "
-               f"<code>{_escape(tensors_location)}</code></p>")
-    return caption + _table(("rule", "checks that", "outcome", "finding", "advice"), rows)
+    return (f"<h3>{_escape(title)}</h3><p class='meta'>{caption}</p>"
+            + _table(("rule", "checks that", "outcome", "finding", "advice"), rows))
 
 
-def _plot_html(plot: Plot) -> str:
+def _plot_html(plot: Plot | Heatmap) -> str:
     notes = "".join(f"<p class='note'>{_escape(note)}</p>" for note in plot.notes)
     if plot.empty:
         return f"<h3>{_escape(plot.title)}</h3><p class='note'>nothing was recorded for this plot</p>{notes}"

@@ -70,10 +70,12 @@ def _listing(named_values: list[tuple[str, float]], shown: int = 5) -> str:
 
 
 class _ProjectRule(Rule):
-    """A custom rule that explains itself: what it checks, and what to do when it fires."""
+    """A custom rule that explains itself: what it checks, and what to do when it fires
+    (``ADVICE`` in full, ``FIX`` as the one line a report's summary shows)."""
 
     CHECKS = ""
     ADVICE = ""
+    FIX = ""
 
     def __init__(self, base_trial, action_str: str = "", **parameters: object):
         super().__init__(base_trial, action_str=action_str)
@@ -108,6 +110,7 @@ class LossNotDecreasing(_ProjectRule):
         "(fine-tune policy), that labels match their images (one folder per class in every split) "
         "and that inputs are normalised as the model expects."
     )
+    FIX = "check the learning rate first, then which layers train (fine-tune) and that labels match images"
 
     def __init__(self, base_trial, mode: str = "TRAIN", window: int | str = 5,
                  min_decrease_percent: float | str = 10.0, patience: int | str = 5, action_str: str = ""):
@@ -176,6 +179,7 @@ class Overfit(_ProjectRule):
         "augmentation, regularise more (weight-decay, label-smoothing), fine-tune fewer layers "
         "(fine-tune=head or last-block) or lower the learning rate."
     )
+    FIX = "stop earlier (early-stopping-patience), regularise more (weight-decay, augmentation) or add data"
 
     def __init__(self, base_trial, min_rise_percent: float | str = 10.0, min_rise: float | str = 0.01,
                  action_str: str = ""):
@@ -260,6 +264,7 @@ class VanishingGradient(_ProjectRule):
         "weights or He (Kaiming) initialisation, keep BatchNorm and ReLU-family activations, raise "
         "the learning rate, or fine-tune only the layers that do learn (fine-tune=head or last-block)."
     )
+    FIX = "start from pretrained weights or He initialisation, or fine-tune only the layers that learn"
 
     def __init__(self, base_trial, threshold: float | str = 1e-7, relative_threshold: float | str = 1e-4,
                  action_str: str = ""):
@@ -309,6 +314,7 @@ class PoorWeightInitialization(_ProjectRule):
         "(or with identical weights that never break symmetry). Use He (Kaiming) initialisation for "
         "ReLU networks or Glorot for tanh/sigmoid, or start from pretrained weights (pretrained=true)."
     )
+    FIX = "initialise with He (Kaiming) or Glorot scaling, or start from pretrained weights"
 
     def __init__(self, base_trial, min_scaled_std: float | str = 0.1, max_scaled_std: float | str = 10.0,
                  action_str: str = ""):
@@ -365,6 +371,7 @@ class RuleOutcome(NamedTuple):
     first_step: int | None
     message: str
     advice: str
+    fix: str = ""  # the one line to change, for the report's summary
 
 
 def run_rule(rule: _ProjectRule, trial) -> RuleOutcome:
@@ -383,6 +390,7 @@ def run_rule(rule: _ProjectRule, trial) -> RuleOutcome:
         first_step=report["Details"]["first_step"],
         message=report["Details"]["message"],
         advice=rule.ADVICE,
+        fix=rule.FIX,
     )
 
 

@@ -1,19 +1,28 @@
 """Collect what a training run left behind, from a local OUT folder or a SageMaker training job.
 
-A local run's OUT folder is laid out like /opt/ml after a job (``scripts/local/opt_ml.py``):
-``model/metrics.json``, ``output/success|failure``, ``output/tensors/`` (smdebug) and
-``output/data/resource_usage.jsonl``. A SageMaker job keeps the same things in S3: the
-model artifact (``model.tar.gz`` holds ``metrics.json``), ``output.tar.gz`` (holds
-``output/data``), the Debugger tensors under ``<DebugHookConfig.S3OutputPath>/<job>/debug-output``
-(or the hook path itself, when it holds the tensors) and the rule outputs (the ProfilerReport's
-HTML) under ``<output path>/<job>/rule-output``.
+The trainer keeps its evidence in the output data folder (``classifier.evidence``): resource
+samples, step timings, the epochs so far and, without SageMaker Debugger, its own smdebug hook's
+tensors. A local run's OUT folder is laid out like /opt/ml after a job (``scripts/local/opt_ml.py``):
+``model/metrics.json``, ``output/success|failure`` and that folder, ``output/data/``.
+
+A SageMaker job keeps the same things in S3. The model artifact (``model.tar.gz``) holds
+``metrics.json``; ``output.tar.gz`` holds the output data folder once the job has ended (completed,
+failed or stopped); while it runs, the live copy of that folder is under the job's checkpoint
+location (``<CheckpointConfig.S3Uri>/evidence``). A job with SageMaker Debugger has its tensors
+under ``<DebugHookConfig.S3OutputPath>/<job>/debug-output`` (or the hook path itself) and its rule
+outputs (the ProfilerReport's HTML) under ``<output path>/<job>/rule-output``. A job's S3 evidence
+is mirrored to a local cache folder and read from there.
 Whatever is missing becomes a note in the report rather than an error.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import math
+import shutil
 import tarfile
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,10 +30,21 @@ from urllib.parse import urlparse
 
 from smdebug.trials import create_trial
 
-from classifier.artifact import METRICS_FILE, RESOURCE_USAGE_FILE
+from classifier.artifact import (
+    EPOCHS_FILE,
+    LIVE_EVIDENCE_DIR,
+    METRICS_FILE,
+    RESOURCE_USAGE_FILE,
+    STEP_TIMINGS_FILE,
+    TENSORS_DIR,
+)
+from classifier.step_timing import FIELDS as STEP_TIMING_FIELDS
 
-TENSORS_DIR = "output/tensors"
-RESOURCES_PATH = f"output/data/{RESOURCE_USAGE_FILE}"
+EVIDENCE_DIR = "output/data"  # in a local run's OUT folder
+RESOURCES_PATH = f"{EVIDENCE_DIR}/{RESOURCE_USAGE_FILE}"
+STEP_TIMINGS_PATH = f"{EVIDENCE_DIR}/{STEP_TIMINGS_FILE}"
+# Where a SageMaker Debugger hook config (input/config/debughookconfig.json) makes the hook write.
+DEBUGGER_TENSORS_DIR = "output/tensors"
 PROFILER_REPORT_SUFFIX = "profiler-output/profiler-report.html"
 
 
@@ -41,27 +61,50 @@ class RunEvidence:
     final_metrics: dict[str, float] = field(default_factory=dict)  # SageMaker's FinalMetricDataList
     trial: object | None = None  # smdebug trial
     tensors_location: str = ""
+    evidence_location: str = ""  # where the trainer's evidence (output data folder) was read
     resource_samples: list[dict] = field(default_factory=list)
+    step_timings: list[dict] = field(default_factory=list)
     job_rule_statuses: list[dict] = field(default_factory=list)  # SageMaker's rule evaluations
     profiler_report_uri: str = ""
     profiler_report_html: str = ""
     notes: list[str] = field(default_factory=list)
 
 
-def read_resource_samples(lines: str, source: str) -> list[dict]:
-    """Parses ``resource_usage.jsonl``; a malformed line is named, not skipped silently."""
-    samples = []
+def read_json_lines(
+    lines: str, source: str, required: tuple[str, ...] = (), what: str = "a record"
+) -> list[dict]:
+    """Parses a JSON Lines file; a malformed line is named with its place, not skipped silently."""
+    records = []
     for number, line in enumerate(lines.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            sample = json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{source}: line {number} is not JSON: {error}") from error
-        if not isinstance(sample, dict) or "elapsed_s" not in sample:
-            raise ValueError(f"{source}: line {number} is not a resource sample (no elapsed_s): {line[:80]}")
-        samples.append(sample)
-    return samples
+        missing = [name for name in required if not isinstance(record, dict) or name not in record]
+        if missing:
+            raise ValueError(f"{source}: line {number} is not {what} (no {', '.join(missing)}): {line[:80]}")
+        records.append(record)
+    return records
+
+
+def read_resource_samples(lines: str, source: str) -> list[dict]:
+    """Parses ``resource_usage.jsonl`` (``classifier.resources``)."""
+    return read_json_lines(lines, source, ("elapsed_s",), "a resource sample")
+
+
+def read_step_timings(lines: str, source: str) -> list[dict]:
+    """Parses ``step_timings.jsonl`` (``classifier.step_timing``)."""
+    return read_json_lines(lines, source, STEP_TIMING_FIELDS, "a step timing")
+
+
+def metrics_from_epochs(epochs: list[dict]) -> dict:
+    """A metrics.json-like document from ``epochs.jsonl``: the epochs so far and the best one (no test)."""
+    judged = [e for e in epochs if isinstance(e.get("valid_loss"), int | float)
+              and math.isfinite(e["valid_loss"])]
+    best = min(judged, key=lambda e: e["valid_loss"])["epoch"] if judged else None
+    return {"epochs": epochs, "best_epoch": best}
 
 
 def read_metrics(text: str, source: str) -> dict:
@@ -72,6 +115,38 @@ def read_metrics(text: str, source: str) -> dict:
     if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs", []), list):
         raise ValueError(f"{source} does not hold the trainer's metrics (an object with an 'epochs' list)")
     return metrics
+
+
+# ---------------------------------------------------------------- the trainer's evidence folder
+def read_evidence_folder(folder: Path, evidence: RunEvidence, label: str) -> None:
+    """Fills ``evidence`` from a copy of the trainer's output data folder (``classifier.evidence``);
+    ``label`` names the folder in notes. Tensors are taken from it only if none were found yet."""
+    evidence.evidence_location = label
+    resources = folder / RESOURCE_USAGE_FILE
+    if resources.is_file():
+        source = f"{label}/{RESOURCE_USAGE_FILE}"
+        evidence.resource_samples = read_resource_samples(resources.read_text(), source)
+    else:
+        evidence.notes.append(f"no {RESOURCE_USAGE_FILE} in {label}: resource use was not sampled")
+    timings = folder / STEP_TIMINGS_FILE
+    if timings.is_file():
+        evidence.step_timings = read_step_timings(timings.read_text(), f"{label}/{STEP_TIMINGS_FILE}")
+    else:
+        evidence.notes.append(f"no {STEP_TIMINGS_FILE} in {label}: training steps were not timed")
+    epochs = folder / EPOCHS_FILE
+    if evidence.metrics is None and epochs.is_file():
+        records = read_json_lines(epochs.read_text(), f"{label}/{EPOCHS_FILE}", ("epoch",), "an epoch")
+        if records:
+            evidence.metrics = metrics_from_epochs(records)
+            evidence.notes.append(f"no {METRICS_FILE}: the epochs so far are from {label}/{EPOCHS_FILE}")
+    tensors = folder / TENSORS_DIR
+    if evidence.trial is None and _holds_trial(tensors):
+        evidence.trial = create_trial(str(tensors))
+        evidence.tensors_location = f"{label}/{TENSORS_DIR}"
+
+
+def _holds_trial(folder: Path) -> bool:
+    return (folder / "index").is_dir() and any((folder / "index").iterdir())
 
 
 # ---------------------------------------------------------------- a local run
@@ -88,22 +163,21 @@ def load_local_run(out_dir: str | Path) -> RunEvidence:
     metrics_path = out / "model" / METRICS_FILE
     if metrics_path.is_file():
         evidence.metrics = read_metrics(metrics_path.read_text(), str(metrics_path))
-    else:
-        evidence.notes.append(f"no model/{METRICS_FILE}: the run saved no metrics (did it finish?)")
+
+    # A SageMaker Debugger hook config makes the hook write to output/tensors, not the evidence folder.
+    debugger_tensors = out / DEBUGGER_TENSORS_DIR
+    if _holds_trial(debugger_tensors):
+        evidence.trial = create_trial(str(debugger_tensors))
+        evidence.tensors_location = str(debugger_tensors)
+    read_evidence_folder(out / EVIDENCE_DIR, evidence, str(out / EVIDENCE_DIR))
+    if evidence.metrics is None:
+        evidence.notes.append(f"no model/{METRICS_FILE} and no epochs recorded: the run saved no metrics")
+    if evidence.trial is None:
+        evidence.notes.append(
+            f"no Debugger output in {EVIDENCE_DIR}/{TENSORS_DIR} or {DEBUGGER_TENSORS_DIR}: "
+            "no tensors to plot or check"
+        )
     evidence.hyperparameters = _local_hyperparameters(out, evidence.metrics)
-
-    tensors = out / TENSORS_DIR
-    evidence.tensors_location = str(tensors)
-    if tensors.is_dir() and any(tensors.iterdir()):
-        evidence.trial = create_trial(str(tensors))
-    else:
-        evidence.notes.append(f"no Debugger output in {TENSORS_DIR}: no tensors to plot or check")
-
-    resources = out / RESOURCES_PATH
-    if resources.is_file():
-        evidence.resource_samples = read_resource_samples(resources.read_text(), str(resources))
-    else:
-        evidence.notes.append(f"no {RESOURCES_PATH}: resource use was not sampled")
     return evidence
 
 
@@ -135,13 +209,15 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def load_training_job(
-    job_name: str, sagemaker_client, s3_client, tensors_cache: str | Path | None = None
+    job_name: str, sagemaker_client, s3_client, cache_dir: str | Path | None = None
 ) -> RunEvidence:
-    """What a SageMaker training job left: its description, metrics, tensors, resources and rules.
+    """What a SageMaker training job left: its description, metrics, evidence, tensors and rules.
 
-    With ``tensors_cache``, the Debugger output is first mirrored to ``<tensors_cache>/<job>``
-    (in parallel, files already there are kept) and read as a local trial; without it, the
-    trial reads S3 directly, which costs two requests per tensor value and step.
+    S3 evidence is mirrored to ``<cache_dir>/<job>/`` (files already there are kept) and read
+    locally: ``output-data/`` (from ``output.tar.gz``) or ``live-evidence/`` (the checkpoint copy of
+    a running job), and ``debug-output/`` for a job with SageMaker Debugger. Without ``cache_dir`` a
+    temporary folder holds the evidence, and the Debugger tensors are read from S3 directly, which
+    costs two requests per tensor value and step.
     """
     job = sagemaker_client.describe_training_job(TrainingJobName=job_name)
     evidence = RunEvidence(
@@ -156,6 +232,7 @@ def load_training_job(
             *({"Kind": "Profiler", **status} for status in job.get("ProfilerRuleEvaluationStatuses", [])),
         ],
     )
+    local = Path(cache_dir) / job_name if cache_dir is not None else _temporary_folder()
     output_path = job["OutputDataConfig"]["S3OutputPath"]
 
     model_uri = job.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
@@ -165,44 +242,99 @@ def load_training_job(
 
     hook_path = job.get("DebugHookConfig", {}).get("S3OutputPath")
     if hook_path:
-        # SageMaker writes under <S3OutputPath>/<job>/debug-output; a hook path that already
-        # names the job's own folder is read as it is.
-        candidates = [s3_join(hook_path, job_name, "debug-output"), hook_path]
-        tensors_uri = next((uri for uri in candidates if _holds_tensors(s3_client, uri)), None)
-        evidence.tensors_location = tensors_uri or candidates[0]
-        if tensors_uri is None:
-            evidence.notes.append(f"no Debugger output at {' or '.join(candidates)}")
-        elif tensors_cache is None:
-            evidence.trial = create_trial(tensors_uri)
-        else:
-            local = mirror_s3_prefix(s3_client, tensors_uri, Path(tensors_cache) / job_name)
-            evidence.trial = create_trial(str(local))
-    else:
-        evidence.notes.append("the job has no DebugHookConfig: no tensors to plot or check")
-
-    output_tar = s3_join(output_path, job_name, "output", "output.tar.gz")
-    resources_text = _tar_member_text(s3_client, output_tar, RESOURCE_USAGE_FILE, evidence.notes)
-    if resources_text is not None:
-        source = f"{RESOURCE_USAGE_FILE} in {output_tar}"
-        evidence.resource_samples = read_resource_samples(resources_text, source)
+        tensors_cache = local / "debug-output" if cache_dir is not None else None
+        _read_debugger_tensors(s3_client, job_name, hook_path, tensors_cache, evidence)
+    _read_job_evidence(s3_client, job, output_path, local, evidence)
+    if evidence.trial is None and not hook_path:
+        evidence.notes.append("no tensors: the job ran neither SageMaker Debugger nor the trainer's own hook")
 
     _find_profiler_report(s3_client, job, output_path, evidence)
     return evidence
 
 
-def mirror_s3_prefix(s3_client, uri: str, target: Path, workers: int = 8) -> Path:
-    """Downloads every object under ``uri`` into ``target`` (same relative paths); returns ``target``.
+def _temporary_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="report-job-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
-    Objects already there with the same size are not fetched again, so a second report is quick.
+
+def _read_debugger_tensors(
+    s3_client, job_name: str, hook_path: str, cache: Path | None, evidence: RunEvidence
+) -> None:
+    # SageMaker writes under <S3OutputPath>/<job>/debug-output; a hook path that already names
+    # the job's own folder is read as it is.
+    candidates = [s3_join(hook_path, job_name, "debug-output"), hook_path]
+    tensors_uri = next((uri for uri in candidates if _holds_tensors(s3_client, uri)), None)
+    evidence.tensors_location = tensors_uri or candidates[0]
+    if tensors_uri is None:
+        evidence.notes.append(f"no Debugger output at {' or '.join(candidates)}")
+    elif cache is None:
+        evidence.trial = create_trial(tensors_uri)
+    else:
+        evidence.trial = create_trial(str(mirror_s3_prefix(s3_client, tensors_uri, cache)))
+
+
+def _read_job_evidence(s3_client, job: dict, output_path: str, local: Path, evidence: RunEvidence) -> None:
+    """The output data folder from ``output.tar.gz``, or, before the job has ended, its live copy."""
+    job_name = job["TrainingJobName"]
+    output_tar = s3_join(output_path, job_name, "output", "output.tar.gz")
+    if extract_s3_tar(s3_client, output_tar, local / "output-data"):
+        read_evidence_folder(local / "output-data", evidence, output_tar)
+        return
+    checkpoint_uri = job.get("CheckpointConfig", {}).get("S3Uri")
+    live_uri = s3_join(checkpoint_uri, LIVE_EVIDENCE_DIR) if checkpoint_uri else None
+    if live_uri and _holds_objects(s3_client, live_uri):
+        evidence.notes.append(
+            f"{output_tar} not found (the job has not ended?): read the live copy at {live_uri}, "
+            "as of the last finished epoch"
+        )
+        folder = mirror_s3_prefix(s3_client, live_uri, local / "live-evidence")
+        read_evidence_folder(folder, evidence, live_uri)
+        return
+    where = f" nor a live copy at {live_uri}" if live_uri else " (and the job has no CheckpointConfig)"
+    evidence.notes.append(f"no {output_tar}{where}: no resource samples, step timings or epochs")
+
+
+def extract_s3_tar(s3_client, tar_uri: str, target: Path) -> bool:
+    """Streams a .tar.gz from S3 into ``target`` (plain files and folders only, nothing outside it);
+    False if there is no such object. An extraction of the same object (ETag) is reused."""
+    bucket, key = split_s3_uri(tar_uri)
+    try:
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+    except s3_client.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    marker = target.with_name(target.name + ".etag")
+    if target.is_dir() and marker.is_file() and marker.read_text() == head["ETag"]:
+        return True
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+    with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        archive.extractall(target, filter="data")
+    marker.write_text(head["ETag"])
+    return True
+
+
+def mirror_s3_prefix(s3_client, uri: str, target: Path, workers: int = 8) -> Path:
+    """Makes ``target`` a copy of every object under ``uri`` (same relative paths); returns ``target``.
+
+    Objects already there with the same size are not fetched again, so a second report is quick;
+    local files no longer in S3 are removed.
     """
     bucket, prefix = split_s3_uri(uri)
     prefix = prefix.rstrip("/") + "/"
-    wanted = []
+    wanted, listed = [], set()
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             local = target / item["Key"][len(prefix):]
+            listed.add(local)
             if not (local.is_file() and local.stat().st_size == item["Size"]):
                 wanted.append((item["Key"], local))
+    if target.is_dir():
+        for stale in [path for path in target.rglob("*") if path.is_file() and path not in listed]:
+            stale.unlink()
 
     def fetch(key_and_path: tuple[str, Path]) -> None:
         key, local = key_and_path
@@ -230,11 +362,15 @@ def _tar_member_text(s3_client, tar_uri: str, member_name: str, notes: list[str]
     return None
 
 
+def _holds_objects(s3_client, uri: str) -> bool:
+    bucket, prefix = split_s3_uri(uri)
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1)
+    return listing["KeyCount"] > 0
+
+
 def _holds_tensors(s3_client, uri: str) -> bool:
     """Whether smdebug output lies directly under ``uri`` (its ``index/`` folder)."""
-    bucket, prefix = split_s3_uri(uri)
-    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/index/", MaxKeys=1)
-    return listing["KeyCount"] > 0
+    return _holds_objects(s3_client, s3_join(uri, "index"))
 
 
 def _find_profiler_report(s3_client, job: dict, output_path: str, evidence: RunEvidence) -> None:

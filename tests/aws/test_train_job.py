@@ -2,7 +2,9 @@
 
 import json
 import re
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -10,7 +12,8 @@ from aws_helpers import ACCOUNT, BUCKET, REGION, ROLE_ARN, RecordingSession, val
 from train_helpers import RULE_COLLECTIONS
 
 from classifier import metrics
-from scripts.aws import jobs, train_job
+from scripts import REPO_ROOT
+from scripts.aws import jobs, settings, train_job
 from scripts.aws.settings import AwsContext, LaunchConfig, LaunchError
 from scripts.containers import images
 from scripts.report import rules
@@ -22,6 +25,9 @@ RULE_IMAGES = {
     "us-east-1": "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest",
     "eu-west-1": "929884845733.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-debugger-rules:latest",
     "us-west-2": "895741380848.dkr.ecr.us-west-2.amazonaws.com/sagemaker-debugger-rules:latest",
+}
+DEBUGGER_SETTINGS = {
+    "DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig", "ProfilerRuleConfigurations",
 }
 
 
@@ -39,8 +45,8 @@ def spec(region=REGION, spot=True, **changes):
 
 
 @pytest.mark.parametrize("region", sorted(RULE_IMAGES))
-def test_request_has_the_rules_their_collections_and_the_regions_rule_image(region):
-    request = train_job.training_job_request(spec(region=region))
+def test_with_sagemaker_debugger_the_request_has_the_rules_their_collections_and_the_regions_image(region):
+    request = train_job.training_job_request(spec(region=region, sagemaker_debugger=True))
     validate_against_api("CreateTrainingJob", request)
     rules = {rule["RuleConfigurationName"]: rule for rule in request["DebugRuleConfigurations"]}
     assert sorted(rules) == sorted(RULE_COLLECTIONS)
@@ -98,27 +104,30 @@ def test_metric_regexes_in_the_request_read_the_trainers_lines():
 
 
 def test_output_locations_follow_sagemakers_layout():
-    locations = spec(job_name="job-1", output_uri="s3://b/p/training/",
-                     checkpoint_uri="s3://b/p/checkpoints/job-1").locations()
+    where = {"job_name": "job-1", "output_uri": "s3://b/p/training/", "checkpoint_uri": "s3://b/p/checkpoints/job-1"}
+    locations = spec(**where, sagemaker_debugger=True).locations()
     assert locations["model"] == "s3://b/p/training/job-1/output/model.tar.gz"
     assert locations["debugger_tensors"] == "s3://b/p/training/job-1/debug-output"
     assert locations["profiler_report"] == (
         "s3://b/p/training/job-1/rule-output/ProfilerReport/profiler-output/profiler-report.html")
     assert locations["checkpoints"] == "s3://b/p/checkpoints/job-1"
+    # Without Debugger: the trainer's own evidence, in output.tar.gz and live beside the checkpoint.
+    assert spec(**where).locations() == {
+        "model": "s3://b/p/training/job-1/output/model.tar.gz",
+        "output_data": "s3://b/p/training/job-1/output/output.tar.gz",
+        "checkpoints": "s3://b/p/checkpoints/job-1",
+        "live_evidence": "s3://b/p/checkpoints/job-1/evidence",
+    }
 
 
-def test_debugger_and_profiler_can_be_left_out_for_accounts_without_them():
-    bare = spec(debugger=False, profiler=False)
-    request = train_job.training_job_request(bare)
+def test_by_default_the_request_carries_no_debugger_or_profiler_settings():
+    request = train_job.training_job_request(spec())
     validate_against_api("CreateTrainingJob", request)
-    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerConfig",
-                "ProfilerRuleConfigurations"} & set(request)
-    assert set(bare.locations()) == {"model", "output_data", "checkpoints"}
-    only_profiler = train_job.training_job_request(spec(debugger=False))
-    assert "ProfilerRuleConfigurations" in only_profiler and "DebugHookConfig" not in only_profiler
-    refused = Exception("ValidationException: DebugRuleConfigurations are not available for this account")
-    assert "--no-debugger --no-profiler" in train_job.refusal_hint(refused, spec())
-    assert train_job.refusal_hint(refused, bare) == ""
+    assert not DEBUGGER_SETTINGS & set(request)
+    with_debugger = train_job.training_job_request(spec(sagemaker_debugger=True))
+    assert set(with_debugger) >= DEBUGGER_SETTINGS
+    with pytest.raises(LaunchError, match="need sagemaker_debugger"):
+        spec(custom_rules_source="s3://b/rules.py")
 
 
 def test_hyperparameters_from_the_tuner_file_with_command_line_overrides(tmp_path):
@@ -155,12 +164,20 @@ def test_start_sends_exactly_the_built_request(pushed):
     assert recording.only("CreateTrainingJob") == train_job.training_job_request(job)
     stored = recording.session.client("sagemaker").describe_training_job(TrainingJobName=job.job_name)
     assert stored["AlgorithmSpecification"]["TrainingImage"] == pushed["train"]
-    assert stored["DebugHookConfig"] == train_job.training_job_request(job)["DebugHookConfig"]
+    assert "DebugHookConfig" not in stored and "DebugRuleConfigurations" not in stored
     assert stored["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
     assert record["locations"]["model"] == stored["ModelArtifacts"]["S3ModelArtifacts"]
 
 
-def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, tmp_path, capsys):
+def recording_cli_session(monkeypatch) -> RecordingSession:
+    """The launcher's boto3 session, recording every request it sends (moto answers them)."""
+    recording = RecordingSession()
+    monkeypatch.setattr(settings, "open_session", lambda profile, region: recording.session)
+    return recording
+
+
+def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, tmp_path, capsys, monkeypatch):
+    recording = recording_cli_session(monkeypatch)
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"hyperparameters": {"learning-rate": "0.02", "batch-size": "64"}}))
     record = tmp_path / "job.json"
@@ -178,6 +195,46 @@ def test_cli_trains_with_the_tuned_hyperparameters_and_records_the_job(pushed, t
     for where in recorded["locations"].values():
         assert where in captured.err  # every location is printed
     assert f"model at {stored['ModelArtifacts']['S3ModelArtifacts']}" in captured.err
+    assert "make report JOB=classifier-train-cli" in captured.err
+    assert not DEBUGGER_SETTINGS & set(recording.only("CreateTrainingJob"))  # works on every account
+
+
+def test_make_train_sends_no_debugger_settings_unless_asked(pushed, tmp_path):
+    def make_train(name: str, *train_args: str) -> dict:
+        arguments = " ".join(["--no-wait", "--job-name", name, "--record", str(tmp_path / f"{name}.json"),
+                              *train_args])
+        result = subprocess.run(
+            ["make", "--no-print-directory", "train", f"ROLE_ARN={ROLE_ARN}", f"BUCKET={BUCKET}",
+             f"TRAIN_ARGS={arguments}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return boto3.client("sagemaker").describe_training_job(TrainingJobName=name)
+
+    plain = make_train("classifier-train-make")
+    assert "DebugHookConfig" not in plain and "DebugRuleConfigurations" not in plain
+    with_debugger = make_train("classifier-train-make-debugger", "--sagemaker-debugger")
+    rules = {rule["RuleConfigurationName"] for rule in with_debugger["DebugRuleConfigurations"]}
+    assert set(RULE_COLLECTIONS) | {"CustomOverfit"} <= rules and with_debugger["DebugHookConfig"]
+
+
+def test_aws_refusing_debugger_says_in_one_line_to_drop_the_flag(pushed, tmp_path, monkeypatch):
+    recording = recording_cli_session(monkeypatch)
+
+    def refuse(params, **_):  # what AWS answers an account that may not use Debugger, at the boundary
+        if "DebugHookConfig" in json.loads(params["body"]):
+            message = "SageMaker Debugger is not available for this account.\nDebugHookConfig refused"
+            error = {"Code": "ValidationException", "Message": message}
+            return SimpleNamespace(status_code=400, headers={}), {"Error": error}
+        return None
+
+    recording.session.events.register("before-call.sagemaker.CreateTrainingJob", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        train_job.main(["--sagemaker-debugger", "--no-wait", "--job-name", "classifier-train-refused",
+                        "--record", str(tmp_path / "job.json"), "--role-arn", ROLE_ARN, "--bucket", BUCKET])
+    message = str(exit_info.value.code)
+    assert "\n" not in message and "drop --sagemaker-debugger" in message
+    assert "not available for this account" in message
+    assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -198,7 +255,7 @@ def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
 
 def test_custom_rules_run_beside_the_built_in_ones_with_losses_saved_every_step():
     source = f"s3://{BUCKET}/debug-rules/job/debug_rules.py"
-    request = train_job.training_job_request(spec(custom_rules_source=source))
+    request = train_job.training_job_request(spec(custom_rules_source=source, sagemaker_debugger=True))
     validate_against_api("CreateTrainingJob", request)
     names = [rule["RuleConfigurationName"] for rule in request["DebugRuleConfigurations"]]
     assert set(RULE_COLLECTIONS) <= set(names)
@@ -210,11 +267,12 @@ def test_custom_rules_run_beside_the_built_in_ones_with_losses_saved_every_step(
     collections = {c["CollectionName"]: c["CollectionParameters"]
                    for c in request["DebugHookConfig"]["CollectionConfigurations"]}
     assert collections["losses"]["save_interval"] == "1"
-    assert "CustomOverfit" not in str(train_job.training_job_request(spec())["DebugRuleConfigurations"])
+    without = train_job.training_job_request(spec(sagemaker_debugger=True))["DebugRuleConfigurations"]
+    assert "CustomOverfit" not in str(without)
 
 
-def test_cli_custom_rules_uploads_the_rules_file_and_attaches_them(pushed, tmp_path):
-    train_job.main(["--job-name", "classifier-train-custom", "--custom-rules", "--no-wait",
+def test_cli_sagemaker_debugger_uploads_the_rules_file_and_attaches_our_rules(pushed, tmp_path):
+    train_job.main(["--job-name", "classifier-train-custom", "--sagemaker-debugger", "--no-wait",
                     "--record", str(tmp_path / "job.json"), "--role-arn", ROLE_ARN, "--bucket", BUCKET])
     stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-custom")
     sources = {rule["RuleParameters"]["source_s3_uri"] for rule in stored["DebugRuleConfigurations"]
@@ -223,14 +281,6 @@ def test_cli_custom_rules_uploads_the_rules_file_and_attaches_them(pushed, tmp_p
     bucket, key = sources.pop().removeprefix("s3://").split("/", 1)
     uploaded = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert uploaded == Path(rules.__file__).read_bytes()
-
-
-def test_cli_custom_rules_need_the_debugger(pushed, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        train_job.main(["--custom-rules", "--no-debugger", "--record", str(tmp_path / "job.json"),
-                        "--role-arn", ROLE_ARN, "--bucket", BUCKET])
-    assert "--custom-rules needs the Debugger hook" in str(exit_info.value.code)
-    assert boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
 
 
 def test_two_instances_make_one_data_parallel_job():

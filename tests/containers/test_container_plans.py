@@ -5,7 +5,7 @@ import tarfile
 import pytest
 
 from scripts import demo
-from scripts.containers import build, images, local_mode, push
+from scripts.containers import build, local_mode, push
 from scripts.datasets.sample import class_folder_names, make_dataset
 
 TORCH_HASH = "6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b"
@@ -31,10 +31,26 @@ def test_parse_pins_reads_names_versions_and_hashes():
 
 
 def test_the_real_requirements_files_pin_torch_with_hashes():
-    for kind in images.REPOSITORIES:
-        pins = build.parse_pins(build.requirements_file(kind).read_text())
+    for kind, variant in (("train", "default"), ("serve", build.TORCH_VARIANT)):
+        pins = build.parse_pins(build.requirements_file(kind, variant).read_text())
         assert pins["torch"].hashes, kind
         assert all(pin.hashes for pin in pins.values()), kind
+
+
+def test_the_default_serving_image_has_no_torch_and_shares_the_torch_variants_other_pins():
+    default = build.parse_pins(build.requirements_file("serve").read_text())
+    with_torch = build.parse_pins(build.requirements_file("serve", build.TORCH_VARIANT).read_text())
+    assert "torch" not in default and "openvino" in default
+    assert all(pin.hashes for pin in default.values())
+    assert {name: with_torch[name] for name in default} == default  # same versions and hashes
+
+
+def test_the_torch_variant_is_built_from_its_stage_under_suffixed_tags():
+    assert build.variant_tags(["abc1234", "latest"], build.TORCH_VARIANT) == ["abc1234-torch", "latest-torch"]
+    assert build.variant_tags(["abc1234"]) == ["abc1234"]
+    assert build.build_args("b", {}, serve_variant="torch")[-2:] == ["--build-arg", "SERVE_VARIANT=torch"]
+    dockerfile = build.dockerfile("serve").read_text()
+    assert "FROM python-${SERVE_VARIANT}" in dockerfile and "AS python-torch" in dockerfile
 
 
 def test_pinned_candidates_match_wheel_names_and_versions(tmp_path):
@@ -184,7 +200,7 @@ def test_host_torch_index_is_kept_unless_a_local_wheel_has_the_pinned_hash(tmp_p
     environ = {"PIP_FIND_LINKS": str(tmp_path)}
     assert build.host_torch_index("serve", "https://index.example/cpu", environ) == (
         "https://index.example/cpu")
-    pins = build.parse_pins(build.requirements_file("serve").read_text())
+    pins = build.parse_pins(build.requirements_file("serve", build.TORCH_VARIANT).read_text())
     monkeypatch.setattr(build, "sha256_of", lambda path: next(iter(pins["torch"].hashes)))
     assert build.host_torch_index("serve", "https://index.example/cpu", environ) == ""
 

@@ -73,10 +73,14 @@ def test_two_containers_train_one_model(engine, built_images, sample_dataset, tm
         assert (folder / "output" / "success").is_file()
     assert "--nnodes 2 --nproc_per_node 1 --master_addr algo-1 --master_port 7777 --node_rank 1" in log
     assert "data-parallel training: rank 0 of 2 on algo-1" in log
-    # One model, from rank 0 on algo-1, packed as SageMaker packs it; algo-2 writes none.
+    # One model (with its int8 export), from rank 0 on algo-1, packed as SageMaker packs it; one
+    # evidence folder, algo-1's: SageMaker merges the hosts' output/data, so algo-2 writes none.
     with tarfile.open(out / local_mode.MODEL_TAR) as tar:
-        assert {artifact.MODEL_FILE, artifact.METRICS_FILE} <= set(tar.getnames())
+        names = set(tar.getnames())
+    assert {artifact.MODEL_FILE, artifact.METRICS_FILE, artifact.OPENVINO_INT8_FILE} <= names
     assert not any((out / "algo-2" / "model").iterdir())
+    assert (out / "output" / "data" / artifact.STEP_TIMINGS_FILE).read_text().strip()
+    assert not any((out / "algo-2" / "output" / "data").iterdir())
     assert len(metrics.parse_metric_lines(host_lines(lines, "algo-1"))["validation:loss"]) == 2
     assert metrics.parse_metric_lines(host_lines(lines, "algo-2"))["validation:loss"] == []
     # Its containers and network are gone.

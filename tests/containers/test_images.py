@@ -38,6 +38,13 @@ def test_serving_image_runs_as_non_root_with_the_sagemaker_labels(engine, built_
     engine.run("run", "--rm", built_images["serve"], "sh", "-c", check)
 
 
+def test_serving_image_serves_with_openvino_on_the_cpu_and_holds_no_torch(engine, built_images):
+    check = ("import importlib.util, openvino; "
+             "print(importlib.util.find_spec('torch'), openvino.Core().available_devices)")
+    printed = engine.run("run", "--rm", built_images["serve"], "python3", "-c", check).stdout
+    assert printed.split() == ["None", "['CPU']"], printed  # GPU and NPU plugins left out
+
+
 def test_training_image_runs_the_toolkit_on_our_program(engine, built_images):
     config = json.loads(
         engine.run("image", "inspect", "--format", "{{json .Config}}", built_images["train"]).stdout

@@ -1,23 +1,35 @@
-"""Real trainer runs for the rule checks.
+"""Real trainer runs for the rule checks, and the browser the report is looked at with.
 
 Session-scoped: the report and rule tests share them, so each trains once. The healthy and
-the not-learning runs differ in their learning rate alone. (The suite's shared ``trained_run``
+the not-learning runs differ in their learning rate alone; the healthy one also stands for a job
+`make train` started, in the job-report tests. (The suite's shared ``trained_run``
 is no healthy run in the rules' sense: its training loss falls by less than 10 % in its three
-epochs, and its default hook saves every second evaluation loss only.)
+epochs.)
+
+``chromium``: Debian's headless Chromium, installed with apt-get when missing and root (as the
+Docker plumbing installs its packages); otherwise the browser tests are skipped with a warning,
+or fail under CI (``CI=true``), like the Docker tests.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
 from report_helpers import real_run
 
 from scripts.datasets.sample import make_dataset
+from scripts.engine import apt
+from scripts.report.browser import find_chromium
+
+CHROMIUM_PACKAGE = "chromium"
 
 # Small and quick on 2 cores: resnet18 on 32 px images; tensors saved every 25 steps (losses: every step).
 TINY = {"model-name": "resnet18", "pretrained": False, "image-size": 32, "workers": 0, "seed": 0,
-        "early-stopping-patience": 0, "resource-sample-seconds": 0.5}
+        "early-stopping-patience": 0, "resource-sample-seconds": 0.2}
 SAVE_INTERVAL = 25
 
 
@@ -58,3 +70,23 @@ def no_learning_run(learnable_dataset, tmp_path_factory) -> Path:
     """The same run with a learning rate so small that nothing moves."""
     out = tmp_path_factory.mktemp("no_learning_run") / "out"
     return real_run(learnable_dataset, out, {**HEAD_ONLY, "learning-rate": 1e-6}, SAVE_INTERVAL)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of a headless-capable Chromium."""
+    found = find_chromium()
+    if found is None and apt.can_install():
+        try:
+            apt.install_debian_packages(CHROMIUM_PACKAGE)
+        except subprocess.CalledProcessError as error:
+            pytest.fail(f"apt-get could not install {CHROMIUM_PACKAGE}: {error}", pytrace=False)
+        found = find_chromium()
+    if found is None:
+        message = (f"NO CHROMIUM: the browser tests did not run (install Debian's {CHROMIUM_PACKAGE}, "
+                   "or set CHROMIUM=/path/to/chrome)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
+    return found

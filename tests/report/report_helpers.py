@@ -1,12 +1,13 @@
 """Runs for the debugging report's tests: real trainer runs, and a tiny hooked torch loop.
 
-``real_run`` runs the real trainer (toolkit, ``code/train.py``) with the Debugger hook set up
-as on SageMaker. ``hooked_run`` runs a tiny hooked torch loop (``hooked_loop.py``) for what the
-trainer cannot be made to do (a deep sigmoid network, a badly scaled initialisation): real smdebug
-output (Hook with TRAIN/EVAL modes; losses, weights, biases, gradients), a ``model/metrics.json``
-and ``output/data/resource_usage.jsonl`` in the shared formats, from a few-parameter MLP on
-synthetic vectors, in seconds. Both run in the trainer's environment, ``.venv/train``, as child
-processes: this module imports no torch, so the job-report tests run in the launchers' environment.
+``real_run`` runs the real trainer (toolkit, ``code/train.py``) with its default hook, as a job
+without SageMaker Debugger runs it. ``hooked_run`` runs a tiny hooked torch loop
+(``hooked_loop.py``) for what the trainer cannot be made to do (a deep sigmoid network, a badly
+scaled initialisation): real smdebug output (Hook with TRAIN/EVAL modes; losses, weights, biases,
+gradients), a ``model/metrics.json`` and ``output/data/resource_usage.jsonl`` in the shared
+formats, from a few-parameter MLP on synthetic vectors, in seconds. Both run in the trainer's
+environment, ``.venv/train``, as child processes: this module imports no torch, so the job-report
+tests run in the launchers' environment.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from pathlib import Path
 
 from train_helpers import TRAINING_TIMEOUT_S, fail_with_log
 
-from classifier import sagemaker_env
 from scripts import REPO_ROOT
-from scripts.aws import custom_rules, debugger_config
 from scripts.local.train import run_training
 
 TRAIN_PYTHON = REPO_ROOT / ".venv" / "train" / "bin" / "python"
@@ -72,23 +71,13 @@ def hooked_run(out_dir: Path, scenario: str, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------- real trainer runs
-def write_sagemaker_hook_config(out_dir: Path, save_interval: int) -> Path:
-    """``input/config/debughookconfig.json`` as SageMaker writes it for a job the launcher creates
-    (with the custom rules' losses at every step); the trainer's hook follows it. Returns its path."""
-    config = debugger_config.debug_hook_config("s3://unused/debug-output", save_interval)
-    config["LocalPath"] = str(Path(out_dir).resolve() / "output" / "tensors")
-    config["CollectionConfigurations"] = custom_rules.losses_every_step(config["CollectionConfigurations"])
-    path = Path(out_dir) / sagemaker_env.DEBUGGER_CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
-
-
 def real_run(data_dir: Path, out_dir: Path, hyperparameters: dict, save_interval: int) -> Path:
-    """One run of the real trainer through the toolkit (``scripts.local.train``), with the hook
-    configured as on SageMaker; fails the test with the log if training fails."""
-    write_sagemaker_hook_config(out_dir, save_interval)
-    result = run_training(data_dir, out_dir, hyperparameters, timeout=TRAINING_TIMEOUT_S)
+    """One run of the real trainer through the toolkit (``scripts.local.train``) with its default
+    hook, as a job without SageMaker Debugger runs it: the loss at every step, weights, biases and
+    gradients every ``save_interval`` steps, in ``output/data``; fails the test with the log if
+    training fails."""
+    result = run_training(data_dir, out_dir, {**hyperparameters, "debugger-save-interval": save_interval},
+                          timeout=TRAINING_TIMEOUT_S)
     if result.returncode != 0:
         fail_with_log(f"training run {out_dir.name} failed (exit {result.returncode})", result.stdout)
     return Path(out_dir)

@@ -23,15 +23,20 @@ import torch
 from PIL import Image
 
 from classifier import artifact, protocol
+from classifier.engines import ENGINE_ENV, TORCH
 from classifier.preprocessing import EvalTransform, PreprocessConfig, load_image
 from scripts.local.server import LocalServer
 
 
 class ServerProcess(LocalServer):
-    """A running server and a requests session to it."""
+    """A running server and a requests session to it.
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    ``SERVE_ENGINE`` is ``torch`` unless ``env`` says otherwise: the torch.export path these tests
+    check against ``ReferenceModel`` (the OpenVINO engines: ``test_serve_engines.py``).
+    """
+
+    def __init__(self, model_dir: Path, log_path: Path, env: dict[str, str] | None = None, **kwargs):
+        super().__init__(model_dir, log_path, {ENGINE_ENV: TORCH, **(env or {})}, **kwargs)
         self.session = requests.Session()
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -99,7 +100,7 @@ def test_accuracy_is_clearly_above_chance(metrics_json):
 
 def test_metrics_json_follows_the_contract(metrics_json):
     assert set(metrics_json) == {
-        "hyperparameters", "epochs", "best_epoch", "test", "num_classes", "bad_images",
+        "hyperparameters", "epochs", "best_epoch", "test", "num_classes", "bad_images", "quantization",
     }
     assert metrics_json["num_classes"] == 3
     assert metrics_json["bad_images"] == {"train": 0, "valid": 0, "test": 0}
@@ -128,19 +129,21 @@ def test_printed_metric_lines_match_the_shared_regexes(trained_run_log, metrics_
         assert parsed[name] == pytest.approx(expected, abs=1e-6), name
 
 
-def test_smdebug_trial_reads_back_train_and_eval_losses(trained_run):
-    trial = create_trial(str(trained_run / "output" / "tensors"))
+def test_smdebug_trial_reads_back_the_loss_of_every_train_and_eval_step(trained_run):
+    # In output/data: SageMaker uploads it (output.tar.gz) with or without SageMaker Debugger.
+    trial = create_trial(str(trained_run / "output" / "data" / artifact.TENSORS_DIR))
     loss_names = trial.tensor_names(collection="losses")
     assert loss_names, "no loss tensor saved"
     loss = trial.tensor(loss_names[0])
     train_steps, eval_steps = loss.steps(mode=modes.TRAIN), loss.steps(mode=modes.EVAL)
-    assert len(train_steps) >= 3 and len(eval_steps) >= 2
+    # 72 training images in batches of 8, 24 validation images, 3 epochs; then the test split.
+    assert train_steps == list(range(27)) and eval_steps == list(range(3 * 3 + 3))
     for step, mode in [(train_steps[-1], modes.TRAIN), (eval_steps[-1], modes.EVAL)]:
         assert math.isfinite(float(loss.value(step, mode=mode)))
 
 
 def test_smdebug_saves_weights_biases_and_only_trainable_gradients(trained_run):
-    trial = create_trial(str(trained_run / "output" / "tensors"))
+    trial = create_trial(str(trained_run / "output" / "data" / artifact.TENSORS_DIR))
     weights = trial.tensor_names(collection="weights")
     biases = trial.tensor_names(collection="biases")
     gradients = trial.tensor_names(collection="gradients")
@@ -172,14 +175,45 @@ def test_resource_usage_is_sampled(trained_run):
     samples = [json.loads(line) for line in lines]
     for sample in samples:
         assert set(sample) == {
-            "elapsed_s", "cpu_percent", "memory_used_mb", "memory_percent",
-            "gpu_percent", "gpu_memory_used_mb",
+            "elapsed_s", "cpu_percent", "cpu_count", "iowait_percent", "memory_used_mb", "memory_percent",
+            "process_memory_mb", "gpu_percent", "gpu_memory_used_mb", "gpu_memory_total_mb",
         }
-        assert sample["memory_used_mb"] > 0
+        assert sample["memory_used_mb"] > sample["process_memory_mb"] > 0
+        assert sample["cpu_count"] >= 1 and sample["iowait_percent"] >= 0
         if not torch.cuda.is_available():
             assert sample["gpu_percent"] is None and sample["gpu_memory_used_mb"] is None
     assert samples[-1]["elapsed_s"] > samples[0]["elapsed_s"]
     assert max(sample["cpu_percent"] for sample in samples) > 0
+
+
+def read_json_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_training_step_is_timed_on_the_resource_samples_clock(trained_run):
+    steps = read_json_lines(trained_run / "output" / "data" / artifact.STEP_TIMINGS_FILE)
+    epochs = [1] * 9 + [2] * 9 + [3] * 9  # 72 training images in batches of 8
+    assert [(s["epoch"], s["step"]) for s in steps] == [(epoch, i) for i, epoch in enumerate(epochs)]
+    for step in steps:
+        assert 0 <= step["wait_s"] <= step["step_s"]
+    assert all(a["elapsed_s"] + a["step_s"] <= b["elapsed_s"] + 1e-6 for a, b in itertools.pairwise(steps))
+    # Both count from the trainer's start: the sampler runs while the steps do, and after.
+    samples = read_json_lines(trained_run / "output" / "data" / RESOURCE_USAGE_FILE)
+    first_step, last_step = steps[0]["elapsed_s"], steps[-1]["elapsed_s"] + steps[-1]["step_s"]
+    assert any(first_step <= s["elapsed_s"] <= last_step for s in samples)
+    assert first_step - 1 < samples[0]["elapsed_s"] and samples[-1]["elapsed_s"] > last_step
+
+
+def test_the_epochs_so_far_and_a_live_copy_of_the_evidence_are_kept(trained_run, metrics_json):
+    data = trained_run / "output" / "data"
+    assert read_json_lines(data / artifact.EPOCHS_FILE) == metrics_json["epochs"]
+    # Beside the checkpoint, which SageMaker syncs to S3 while the job runs: the same files.
+    live = trained_run / "checkpoints" / artifact.LIVE_EVIDENCE_DIR
+    files = sorted(str(path.relative_to(data)) for path in data.rglob("*") if path.is_file())
+    assert files == sorted(str(path.relative_to(live)) for path in live.rglob("*") if path.is_file())
+    assert f"{artifact.TENSORS_DIR}/training_job_end.ts" in files  # copied after the hook closed
+    for name in files:
+        assert (live / name).read_bytes() == (data / name).read_bytes(), name
 
 
 def test_log_says_what_the_run_did(trained_run_log):

@@ -53,6 +53,7 @@ TINY_RUN = {
     "workers": 0,
     "debugger": False,
     "early-stopping-patience": 0,
+    "quantize": False,  # the parity runs export it
 }
 EPOCH_LINE = re.compile(rf"^{metrics.LINE_PREFIX} epoch=(\d+) ")
 STOPPED = re.compile(
@@ -96,7 +97,9 @@ def test_two_processes_leave_one_artifact_one_set_of_metrics_and_rank_0s_tensors
     assert "torchrun --nnodes 1 --nproc_per_node 2 train.py" in log
     assert "data-parallel training: rank 0 of 2 on " in log
     assert (out / "output" / "success").is_file() and not (out / "output" / "failure").exists()
-    for name in (artifact.MODEL_FILE, artifact.CLASSES_FILE, artifact.METRICS_FILE):
+    exported = (artifact.MODEL_FILE, artifact.CLASSES_FILE, artifact.METRICS_FILE,
+                artifact.OPENVINO_INT8_FILE)
+    for name in exported:
         assert (out / "model" / name).is_file(), name
 
     # Rank 0 alone prints: each epoch once, as SageMaker's regexes read them.
@@ -108,13 +111,22 @@ def test_two_processes_leave_one_artifact_one_set_of_metrics_and_rank_0s_tensors
     valid_losses = [epoch["valid_loss"] for epoch in recorded["epochs"]]
     assert valid_losses == pytest.approx(read["validation:loss"], abs=1e-6)
 
-    # One debugger hook (rank 0, smdebug's worker_0), read by the debugging report like any run's.
+    # One evidence folder, rank 0's, read by the debugging report like any run's: one debugger hook
+    # (smdebug's worker_0), the host's resource samples, and each step of rank 0 timed once.
     evidence = load_local_run(out)
     assert evidence.trial.workers() == ["worker_0"]
     assert evidence.trial.tensor_names(collection="losses")
-    assert evidence.resource_samples  # sampled once for the host
+    assert evidence.resource_samples
     assert len((out / "output" / "data" / RESOURCE_USAGE_FILE).read_text().splitlines()) == len(
         evidence.resource_samples)
+    steps = [timing["step"] for timing in evidence.step_timings]
+    assert steps == list(range(len(steps)))
+    # 240 images: 7 full steps of 32 in one process, as 7 of 16 per process in two (the rest dropped).
+    assert len(steps) == 6 * 7 == len(load_local_run(parity_runs[1][0]).step_timings)
+    assert {timing["epoch"] for timing in evidence.step_timings} == set(range(1, 7))
+    live = out / "checkpoints" / artifact.LIVE_EVIDENCE_DIR
+    assert (live / artifact.STEP_TIMINGS_FILE).read_text() == (
+        out / "output" / "data" / artifact.STEP_TIMINGS_FILE).read_text()
 
 
 def trainer_pid(out: Path, rank: int) -> int:

@@ -34,7 +34,8 @@ def test_the_hook_config_makes_the_trainers_hook_save_what_each_rule_reads(tmp_p
 
     from classifier.debugger import Debugger
 
-    config = train_job.training_job_request(spec(debugger_save_interval=2))["DebugHookConfig"]
+    request = train_job.training_job_request(spec(debugger_save_interval=2, sagemaker_debugger=True))
+    config = request["DebugHookConfig"]
     config_file = tmp_path / "debughookconfig.json"
     config_file.write_text(json.dumps({**config, "LocalPath": str(tmp_path / "tensors")}))
     debugger = Debugger.create(config_file, tmp_path / "local-default", save_interval=1000)

@@ -95,3 +95,9 @@ def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes_at_the_right_epoch(
     assert [entry["epoch"] for entry in history] == [1, 2, 3]
     # Epoch 1 comes from the second run, carried over in the checkpoint.
     assert history[0]["train_loss"] == pytest.approx(first_epoch_train_loss, abs=1e-6)
+    # The evidence shows the whole run's epochs, and the steps of the last run (epochs 2 and 3).
+    def evidence(name: str) -> list[dict]:
+        return [json.loads(line) for line in (out / "output" / "data" / name).read_text().splitlines()]
+
+    assert evidence(artifact.EPOCHS_FILE) == history
+    assert {step["epoch"] for step in evidence(artifact.STEP_TIMINGS_FILE)} == {2, 3}

@@ -46,7 +46,7 @@ def test_split_channels_sagemaker_debugger_config_and_skipped_images(tmp_path):
     written = json.loads((out / "model" / artifact.METRICS_FILE).read_text())
     assert written["bad_images"] == {"train": 1, "valid": 0, "test": 0}
     assert f"debugger: hook from SageMaker config {config}" in result.stdout
-    assert not (out / "output" / "tensors").exists()  # the local default stayed off
+    assert not (out / "output" / "data" / artifact.TENSORS_DIR).exists()  # the local default stayed off
     loss = create_trial(str(tensors)).tensor(create_trial(str(tensors)).tensor_names(collection="losses")[0])
     # 23 readable training images, batches of 8, the last partial batch dropped: 2 steps, each saved.
     assert loss.steps(mode=modes.TRAIN) == [0, 1]
