@@ -31,6 +31,8 @@ SERVE_ENV := $(call stamp,serve,docker/serve/requirements-torch.txt)
 DEV_ENV := $(call stamp,dev,tests/requirements.txt)
 LAUNCH_ENV := $(call stamp,launch,scripts/requirements.txt)
 LAUNCH_TEST_ENV := $(call stamp,launch-test,scripts/requirements.txt tests/requirements-launch.txt)
+# sdk: SageMaker Python SDK v2 local mode, the client one Docker test drives the training image with.
+SDK_ENV := $(call stamp,sdk,tests/containers/sdk-requirements.txt)
 
 define make_venv
 	rm -rf $(VENV)/$(1)
@@ -49,6 +51,9 @@ $(SERVE_ENV):
 
 $(DEV_ENV):
 	$(call make_venv,dev,tests/requirements.txt,)
+
+$(SDK_ENV):
+	$(call make_venv,sdk,tests/containers/sdk-requirements.txt,)
 
 # The launch lock has wheels for Python 3.11 and 3.12 only (smdebug's numpy<2 has none for 3.13).
 # --no-compile: modules are byte-compiled when first imported, not all 110 MB of them at install.
@@ -84,6 +89,7 @@ lock: ## re-resolve the pinned requirements files from their .in files (needs uv
 		$$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' ../scripts/requirements.txt) \
 		requirements-launch.in -o requirements-launch.txt
 	cd tests && $(LOCK) -c ../scripts/requirements.txt requirements.in -o requirements.txt
+	cd tests/containers && $(LOCK) sdk-requirements.in -o sdk-requirements.txt
 	$(MAKE) --no-print-directory check-launch-lock
 
 check-launch-lock: ## check that every launch pin has a wheel for Linux and macOS, x86_64 and arm64 (needs uv)
@@ -112,7 +118,7 @@ define run_tests
 endef
 
 .PHONY: test test-fast
-test: setup ## run the whole test suite (Docker tests included); PYTEST_ARGS="-x -k ..." for both runs
+test: setup $(SDK_ENV) ## run the whole test suite (Docker tests included); PYTEST_ARGS="-x -k ..." for both runs
 	$(call run_tests,$(PYTEST_ARGS))
 
 test-fast: setup ## everything but the Docker tests (the inner loop)
@@ -159,13 +165,16 @@ HP_FILE ?= $(wildcard runs/aws/best-hyperparameters.json)
 upload-data: $(LAUNCH_ENV) ## put dogImages in S3: downloaded, or DATA=<ImageFolder folder or .zip>; resumable
 	$(LAUNCH_PY) -m scripts.aws.upload_data $(if $(DATA),--data "$(DATA)",--download)
 
+# INSTANCE_TYPE=ml.g5.12xlarge INSTANCE_COUNT=2: a job (or each tuning trial) on several GPUs and instances.
+JOB_COMPUTE = $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)) $(if $(INSTANCE_COUNT),--instance-count $(INSTANCE_COUNT))
+
 .PHONY: tune
 tune: $(LAUNCH_ENV) ## SageMaker tuning job: TUNE_ARGS="--strategy Hyperband --max-jobs 12 --no-wait", HP= static
-	$(LAUNCH_PY) -m scripts.aws.tune $(TUNE_ARGS) -- $(HP)
+	$(LAUNCH_PY) -m scripts.aws.tune $(JOB_COMPUTE) $(TUNE_ARGS) -- $(HP)
 
 .PHONY: train
-train: $(LAUNCH_ENV) ## SageMaker training job on spot, its evidence for make report: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=--sagemaker-debugger
-	$(LAUNCH_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(TRAIN_ARGS) -- $(HP)
+train: $(LAUNCH_ENV) ## SageMaker training job on spot, its evidence for make report: HP_FILE=<tuner result> HP="--epochs 20" TRAIN_ARGS=--sagemaker-debugger [INSTANCE_COUNT=2]
+	$(LAUNCH_PY) -m scripts.aws.train_job $(if $(HP_FILE),--hyperparameters-file "$(HP_FILE)") $(JOB_COMPUTE) $(TRAIN_ARGS) -- $(HP)
 
 .PHONY: deploy
 deploy: $(LAUNCH_ENV) ## create or update ENDPOINT from the last `make train` (or TRAINING_JOB=, MODEL_DATA=s3://, MODEL=<tar.gz>)
@@ -191,9 +200,9 @@ report: $(LAUNCH_ENV) ## HTML debugging report: make report RUN=<OUT folder> | J
 
 # ---------------------------------------------------------------- training (code/train.py)
 .PHONY: train-local
-train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir HP="--epochs 2 ..."
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
-	$(TRAIN_PY) -m scripts.local.train --data "$(DATA)" --out "$(OUT)" $(HP)
+train-local: $(TRAIN_ENV) ## train on the host as SageMaker would: make train-local DATA=dir OUT=dir [NPROC=2] HP="--epochs 2 ..."
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo 'usage: make train-local DATA=<folder with train/ valid/ test/> OUT=<folder> [NPROC=2] HP="--epochs 2 --model-name resnet18"' >&2; exit 2; }
+	$(TRAIN_PY) -m scripts.local.train --data "$(DATA)" --out "$(OUT)" $(if $(NPROC),--nproc $(NPROC)) $(HP)
 
 .PHONY: bench-train
 bench-train: $(TRAIN_ENV) ## from-scratch recipe vs a plain loop, start-up on 100k images, hook cost -> benchmarks/train.md
@@ -221,9 +230,9 @@ push: $(LAUNCH_ENV) ## create missing ECR repositories, log in, tag and push bot
 	$(LAUNCH_PY) -m scripts.containers.push train serve
 
 .PHONY: local-train
-local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> HP="--epochs 2"
-	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [HP=...]"; exit 2; }
-	$(PYTHON) -m scripts.containers.local_mode train --data "$(DATA)" --out "$(OUT)" $(HP)
+local-train: ## train in the training container: make local-train DATA=<train/ valid/ test/> OUT=<dir> [INSTANCES=2] HP="--epochs 2"
+	@test -n "$(DATA)" -a -n "$(OUT)" || { echo "usage: make local-train DATA=<folder> OUT=<folder> [INSTANCES=2] [HP=...]"; exit 2; }
+	$(PYTHON) -m scripts.containers.local_mode train --data "$(DATA)" --out "$(OUT)" $(if $(INSTANCES),--instances $(INSTANCES)) $(HP)
 
 .PHONY: local-serve
 local-serve: ## serve a model.tar.gz in the serving container: make local-serve MODEL=<model.tar.gz> PORT=8080 [BIND_HOST=]

@@ -16,6 +16,11 @@ hyperparameters, names in ``classifier/hyperparameters.py``) with the container 
 Metric lines (``classifier.metrics``) go to stdout, where SageMaker's metric regexes read them.
 Every failure leaves its reason in ``output/failure`` and a non-zero exit status; SIGTERM
 (StopTrainingJob, spot interruption) saves a checkpoint first, and the next run resumes from it.
+
+Under torchrun (``train_launcher.py``) the same script is one of several data-parallel processes
+(``classifier.distributed``): each takes its share of every split and of the global batch, DDP
+averages the gradients, the tallies are summed over processes, and rank 0 alone prints the
+metric lines and writes checkpoints and the artifact.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,7 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifier import checkpoints, export, models, optimization, quantize, sagemaker_env
+from classifier import checkpoints, distributed, export, models, optimization, quantize, sagemaker_env
 from classifier.artifact import LIVE_EVIDENCE_DIR, RESOURCE_USAGE_FILE
 from classifier.bad_images import CountingLoader
 from classifier.checkpoint_writer import CheckpointWriter
@@ -46,7 +52,7 @@ from classifier.checkpoints import StopSignal
 from classifier.data import ImageFolderSplits, bad_image_counts, build_loaders, load_splits, readable_splits
 from classifier.debugger import Debugger
 from classifier.errors import TrainingError
-from classifier.evidence import TrainingEvidence
+from classifier.evidence import NoEvidence, TrainingEvidence
 from classifier.hyperparameters import build_parser
 from classifier.metrics import TOP_K, format_epoch_line, format_test_line
 from classifier.resources import ResourceSampler
@@ -97,16 +103,21 @@ def seed_everything(seed: int | None) -> None:
 
 
 def select_device() -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if sagemaker_env.num_gpus() > 1:
-        logger.warning("%d GPUs found; this trainer uses one", sagemaker_env.num_gpus())
-    return torch.device("cuda")
+    cluster = distributed.current()
+    if torch.cuda.is_available() and not cluster.enabled and sagemaker_env.num_gpus() > 1:
+        logger.warning(
+            "%d GPUs found but one training process uses one; the job turned distribution off",
+            sagemaker_env.num_gpus(),
+        )
+    return cluster.device()
 
 
-def select_workers(requested: int | None, device: torch.device, streaming: bool = False) -> int:
-    """Data-loader worker processes: as asked, else one per CPU to feed a GPU or to wait on files
-    streaming from S3 (FastFile), and none when a CPU trains on local files.
+def select_workers(
+    requested: int | None, device: torch.device, streaming: bool = False, processes_per_host: int = 1
+) -> int:
+    """Data-loader worker processes: as asked, else this host's CPUs (shared among its training
+    processes) to feed a GPU or to wait on files streaming from S3 (FastFile), and none when a CPU
+    trains on local files.
 
     Training on the CPU, the model step already runs on every core (intra-op threads); worker
     processes would compete with it for the same cores, and decoding a batch costs a few percent
@@ -114,7 +125,9 @@ def select_workers(requested: int | None, device: torch.device, streaming: bool 
     """
     if requested is not None:
         return requested
-    return sagemaker_env.num_cpus() if device.type == "cuda" or streaming else 0
+    if device.type == "cuda" or streaming:
+        return max(1, sagemaker_env.num_cpus() // processes_per_host)
+    return 0
 
 
 class Tally:
@@ -135,12 +148,12 @@ class Tally:
         self.correct_top_k += (top == targets.unsqueeze(1)).any(dim=1).sum()
         self.seen += targets.size(0)
 
-    def result(self) -> tuple[float, float]:
-        """(mean loss, accuracy)."""
-        return self.loss_sum.item() / max(self.seen, 1), self.correct.item() / max(self.seen, 1)
-
-    def top_k_accuracy(self) -> float:
-        return self.correct_top_k.item() / max(self.seen, 1)
+    def result(self) -> tuple[float, float, float]:
+        """(mean loss, accuracy, top-k accuracy), over every training process's share."""
+        loss_sum, correct, correct_top_k, seen = distributed.sum_across_ranks(
+            self.loss_sum.item(), self.correct.item(), self.correct_top_k.item(), self.seen
+        )
+        return loss_sum / max(seen, 1), correct / max(seen, 1), correct_top_k / max(seen, 1)
 
 
 def forward(
@@ -186,7 +199,8 @@ def train_one_epoch(
         tally.add(loss, outputs, targets)
         if stop.requested:
             break
-    return tally.result()
+    loss, accuracy, _ = tally.result()
+    return loss, accuracy
 
 
 @torch.inference_mode()
@@ -199,7 +213,7 @@ def evaluate(
     for images, targets in loader:
         outputs, loss, targets = forward(model, criterion, images, targets, device)
         tally.add(loss, outputs, targets)
-    return (*tally.result(), tally.top_k_accuracy())
+    return tally.result()
 
 
 def announcing_first_batch(loader: Iterable[Batch]) -> Iterator[Batch]:
@@ -253,12 +267,13 @@ def train_epochs(
     debugger: Debugger,
     stop: StopSignal,
     checkpoint_dir: Path,
-    evidence: TrainingEvidence,
+    evidence: TrainingEvidence | NoEvidence,
 ) -> None:
     """Trains from ``state.next_epoch`` until the last epoch or early stopping, a checkpoint after each
     (written in the background while the next epoch trains; on the way out, an error included, the
     process waits for it: the writer's thread is not a daemon), and the evidence (step timings,
-    epochs so far, their live copy)."""
+    epochs so far, their live copy). Under data-parallel training rank 0 alone writes them."""
+    cluster = distributed.current()
     writer = CheckpointWriter(checkpoint_dir)
     stopping = EarlyStopping.after_warmup(
         args.early_stopping_patience, args.early_stopping_min_delta, args.warmup_epochs
@@ -267,32 +282,39 @@ def train_epochs(
     while state.next_epoch <= args.epochs and not state.early_stopped:
         epoch, started, learning_rate = state.next_epoch, time.monotonic(), state.learning_rate
         debugger.train()
+        distributed.begin_epoch(loaders["train"], epoch)
         batches = announcing_first_batch(loaders["train"]) if epoch == first_epoch else loaders["train"]
         train_loss, train_accuracy = train_one_epoch(
-            state.model, evidence.timed(batches, epoch), criterion, state.optimizer, state.scaler, device,
-            stop, args.gradient_clip_norm,
+            cluster.wrap(state.model), evidence.timed(batches, epoch), criterion, state.optimizer,
+            state.scaler, device, stop, args.gradient_clip_norm,
         )
         trained = time.monotonic()
         if stop.requested:
             # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
-            writer.wait()
-            path = state.save(checkpoint_dir)
+            def save_now() -> Path:
+                writer.wait()
+                return state.save(checkpoint_dir)
+
+            path = cluster.save_on_primary(save_now)
             raise TrainingStopped(stop.received, f"during epoch {epoch} of {args.epochs}", path, epoch)
         check_finite("the training loss", train_loss, epoch)
+        cluster.sync_buffers(state.model)
         debugger.eval()
         valid_loss, valid_accuracy, valid_top5 = evaluate(state.model, loaders["valid"], criterion, device)
         check_finite("the validation loss", valid_loss, epoch)
         state.scheduler.step()
         validated = time.monotonic()
 
-        print(format_epoch_line(epoch, train_loss, train_accuracy, valid_loss, valid_accuracy, valid_top5),
-              flush=True)
+        if cluster.is_primary:
+            print(format_epoch_line(
+                epoch, train_loss, train_accuracy, valid_loss, valid_accuracy, valid_top5
+            ), flush=True)
         state.end_epoch({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
             "valid_loss": valid_loss, "valid_accuracy": valid_accuracy, "valid_top5_accuracy": valid_top5,
             "learning_rate": learning_rate, "seconds": round(validated - started, 3),
         }, stopping)
-        path = writer.save(state, at_epoch_end=True)
+        path = cluster.save_on_primary(lambda: writer.save(state, at_epoch_end=True))
         evidence.end_epoch(state.history)
         done = time.monotonic()
         logger.info(
@@ -340,55 +362,74 @@ def export_best_weights(
 def run(args: argparse.Namespace) -> None:
     """The whole job: data, model, training loop, test, artifact."""
     stop = StopSignal().install()
+    cluster = distributed.setup(args.distributed_timeout)
     export.check_serving_code(CODE_DIR)  # fail now rather than after hours of training
     seed_everything(args.seed)
     device = select_device()
     streaming = "FastFile" in sagemaker_env.check_input_modes().values()
-    workers = select_workers(args.workers, device, streaming)
+    workers = select_workers(args.workers, device, streaming, cluster.local_world_size)
+    batch_size = cluster.per_rank_batch(args.batch_size)
     logger.info(
         "device %s (%d torch threads), %d data-loader workers, hyperparameters %s",
         device, torch.get_num_threads(), workers, vars(args),
     )
-    data = load_splits(sagemaker_env.channels())
+    channels = sagemaker_env.channels()
+    data = load_splits(channels)
+    cluster.check_same("class folders", data.class_folders)
+    samplers = cluster.samplers(
+        {name: len(split.samples) for name, split in data.splits.items()},
+        distributed.sharded_splits(channels), cluster.shared_seed(args.seed),
+    )
     loaders = build_loaders(
-        data, args.image_size, args.batch_size, workers, pin_memory=device.type == "cuda",
-        max_bad_fraction=args.max_bad_image_fraction, augment=args.augment,
+        data, batch_size=batch_size, image_size=args.image_size, workers=workers,
+        pin_memory=device.type == "cuda", max_bad_fraction=args.max_bad_image_fraction,
+        augment=args.augment, samplers=samplers,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     state = build_training_state(args, data.class_folders, device)
     checkpoint_dir = sagemaker_env.checkpoint_dir()
-    if state.resume(checkpoint_dir):
+    if cluster.resume(state, checkpoint_dir):
         logger.info(
             "resuming from %s: %d epoch(s) done, continuing at epoch %d",
             checkpoint_dir / checkpoints.CHECKPOINT_FILE, state.epochs_done, state.next_epoch,
         )
+    cluster.decorrelate_random_streams()
 
+    # One debugger hook, on rank 0 (smdebug's chief worker): its tensors are the whole job's.
     debugger = Debugger.create(
         sagemaker_env.debugger_config_file(),
         Path(args.debugger_out_dir) if args.debugger_out_dir else sagemaker_env.debugger_out_dir(),
         args.debugger_save_interval,
         local_default=args.debugger,
-    )
+    ) if cluster.is_primary else Debugger()
     debugger.watch(state.model, criterion)  # after freezing: frozen layers get no gradient hooks
+    cluster.wrap(state.model)  # DDP: every process starts from rank 0's weights
+    stop = distributed.agreed(stop)
+    # Rank 0 alone keeps the evidence: SageMaker packs every host's output/data into one
+    # output.tar.gz and the hosts share the checkpoint folder, so others' files would clash.
     evidence = TrainingEvidence(
         sagemaker_env.output_data_dir(), checkpoint_dir / LIVE_EVIDENCE_DIR, state.history
-    )
-    # The sampler stops first, so that the evidence's last live copy holds its last sample.
-    with evidence, ResourceSampler(
+    ) if cluster.is_primary else NoEvidence()
+    sampler = ResourceSampler(
         evidence.folder / RESOURCE_USAGE_FILE, args.resource_sample_seconds, origin=evidence.origin
-    ):
+    ) if cluster.is_primary else nullcontext()
+    # The sampler stops first, so that the evidence's last live copy holds its last sample.
+    with evidence, sampler:
         train_epochs(state, args, loaders, criterion, device, debugger, stop, checkpoint_dir, evidence)
         state.model.load_state_dict(state.best.state)
         debugger.eval()
         test_loss, test_accuracy, test_top5 = evaluate(state.model, loaders["test"], criterion, device)
-        print(format_test_line(test_loss, test_accuracy, test_top5), flush=True)
+        if cluster.is_primary:
+            print(format_test_line(test_loss, test_accuracy, test_top5), flush=True)
         debugger.close()
 
     for loader in loaders.values():
         if loader.bad_images.summary():
             logger.warning("%s", loader.bad_images.summary())
-    test = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_top5_accuracy": test_top5}
-    export_best_weights(args, state, data, test, loaders)
+    if cluster.is_primary:
+        test = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_top5_accuracy": test_top5}
+        export_best_weights(args, state, data, test, loaders)
+    distributed.finish()
     logger.info("training complete: best epoch %d, test accuracy %.4f", state.best.epoch, test_accuracy)
 
 
@@ -398,15 +439,15 @@ def main(argv: list[str] | None = None) -> int:
         run(parse_hyperparameters(argv))
     except TrainingStopped as stopped:
         logger.warning("%s", stopped)
-        sagemaker_env.write_failure(str(stopped))
+        distributed.write_failure(str(stopped))
         return 128 + stopped.signum
     except TrainingError as error:
         logger.error("training failed: %s", error)
-        sagemaker_env.write_failure(str(error))
+        distributed.write_failure(str(error))
         return 1
     except Exception as error:
         logger.exception("training failed unexpectedly")
-        sagemaker_env.write_failure(f"{type(error).__name__}: {error}")
+        distributed.write_failure(f"{type(error).__name__}: {error}", error)
         return 1
     return 0
 

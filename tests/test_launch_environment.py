@@ -35,7 +35,8 @@ VENV_SEED = {"pip", "setuptools"}
 FORBIDDEN = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
 # The shared facts of code/classifier/ the launchers import: they must import without torch.
 TORCH_FREE_CLASSIFIER = (
-    "artifact", "dataset", "engines", "errors", "hyperparameters", "metrics", "protocol", "sagemaker_env",
+    "artifact", "dataset", "distribution", "engines", "errors", "hyperparameters", "metrics", "protocol",
+    "sagemaker_env",
 )
 # The benchmarks measure the trainer and the server: they run in .venv/train and .venv/dev.
 DEV_ONLY_PACKAGES = ("scripts.bench",)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from classifier import augmentation
 from classifier.bad_images import BadImages, CountingLoader, Unreadable, collate_readable
@@ -106,9 +106,13 @@ def build_loaders(
     pin_memory: bool,
     max_bad_fraction: float = 0.0,
     augment: str = "light",
+    samplers: Mapping[str, Sampler] | None = None,
 ) -> dict[str, CountingLoader]:
     """One loader per split: shuffled and augmented (``augment`` preset) for train, the serving
-    transform otherwise; each books its split's unreadable images (``loader.bad_images``)."""
+    transform otherwise; each books its split's unreadable images (``loader.bad_images``).
+
+    ``samplers`` pick each split's share of a data-parallel process (``classifier.distributed``).
+    """
     loaders = {}
     for name, split in data.splits.items():
         training = name == "train"
@@ -117,12 +121,14 @@ def build_loaders(
         else:
             transform = eval_transform(image_size)
         dataset = ImageDataset(split.samples, transform)
+        sampler = (samplers or {}).get(name)
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=training,
+            shuffle=training and sampler is None,
+            sampler=sampler,
             # A last batch of one image breaks BatchNorm in training mode.
-            drop_last=training and len(dataset) > batch_size,
+            drop_last=training and len(dataset if sampler is None else sampler) > batch_size,
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,

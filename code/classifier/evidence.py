@@ -134,3 +134,22 @@ class TrainingEvidence:
     ) -> None:
         self.steps.flush()
         self.refresh_live_copy()
+
+
+class NoEvidence:
+    """What a data-parallel process other than rank 0 keeps: nothing (its loader untimed), so that
+    the job's one evidence folder and its live copy are rank 0's alone."""
+
+    def timed(self, loader: Iterable[Batch], epoch: int) -> Iterable[Batch]:
+        return loader
+
+    def end_epoch(self, history: Sequence[dict]) -> None:
+        pass
+
+    def __enter__(self) -> NoEvidence:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        pass

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     data.add_argument("--image-size", type=_positive_int, default=224, help="side of the square crop")
-    data.add_argument("--batch-size", type=_positive_int, default=64)
+    data.add_argument("--batch-size", type=_positive_int, default=64,
+                      help="the global batch: split evenly among the training processes (GPUs x hosts)")
     data.add_argument("--augment", choices=AUGMENT_PRESETS, default="light",
                       help="training augmentation: none, light (random shift, no flip: any dataset), "
                            "standard (random resized crop and flip: natural photos)")
@@ -140,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clip the gradients' global L2 norm to this value before each step (0: off)")
     optim.add_argument("--seed", type=_optional_seed, default=None,
                        help="make the run deterministic with this seed")
+
+    scale = parser.add_argument_group("data-parallel training (several GPUs or hosts)")
+    scale.add_argument("--distributed-timeout", type=_positive_float, default=1800.0,
+                       help="seconds a training process waits for the others (joining, each exchange, "
+                            "checkpoints) before the job fails naming the one missing")
 
     debug = parser.add_argument_group("debugging")
     debug.add_argument("--debugger", type=str_to_bool, default=True,

@@ -67,15 +67,20 @@ def channels() -> dict[str, Path]:
     }
 
 
-def input_modes() -> dict[str, str]:
-    """Each input channel's mode (``File``, ``FastFile`` or ``Pipe``), from ``SM_INPUT_DATA_CONFIG``
-    (set by the toolkit) or ``input/config/inputdataconfig.json``; empty when neither exists."""
+def input_data_config() -> dict:
+    """Each channel's settings (``TrainingInputMode``, ``S3DistributionType`` ...), from
+    ``SM_INPUT_DATA_CONFIG`` (set by the toolkit) or ``input/config/inputdataconfig.json``; empty
+    when neither exists."""
     text = os.environ.get("SM_INPUT_DATA_CONFIG")
     if text is None:
         path = base_dir() / INPUT_DATA_CONFIG_FILE
         text = path.read_text() if path.is_file() else "{}"
-    config = json.loads(text)
-    return {channel: spec.get("TrainingInputMode", "File") for channel, spec in config.items()}
+    return json.loads(text)
+
+
+def input_modes() -> dict[str, str]:
+    """Each input channel's mode (``File``, ``FastFile`` or ``Pipe``)."""
+    return {channel: spec.get("TrainingInputMode", "File") for channel, spec in input_data_config().items()}
 
 
 def check_input_modes() -> dict[str, str]:

@@ -6,18 +6,28 @@ at once and the volume need not hold the dataset). The trainer reads both the sa
 
 Hyperparameters are checked with the trainer's own parser before a job is created, so a typo
 fails here in a second instead of in a container ten minutes later.
+
+Several instances make one data-parallel job (``classifier.distribution``): the request carries the
+distribution settings the training toolkit reads, and the data goes to every instance
+(``FullyReplicated``) or a share of its files to each (``ShardedByS3Key``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from classifier import metrics
 from classifier.dataset import COMBINED_CHANNEL
+from classifier.distribution import (
+    S3_DATA_DISTRIBUTIONS,
+    S3_FULLY_REPLICATED,
+    distribution_hyperparameters,
+    per_rank_batch_size,
+)
 from classifier.hyperparameters import as_sagemaker_strings, build_parser, parse_name_value_pairs
 from scripts.aws.settings import AwsContext, LaunchError
 from scripts.containers import images
@@ -32,15 +42,43 @@ INPUT_MODES = ("File", "FastFile")  # Pipe streams records, not the files of an 
 @dataclass(frozen=True)
 class JobResources:
     instance_type: str = DEFAULT_INSTANCE_TYPE
-    instance_count: int = 1  # the trainer runs on one instance (no distributed training)
+    instance_count: int = 1  # several: one data-parallel job over all of them
     volume_gb: int = DEFAULT_VOLUME_GB
     max_run_seconds: int = int(DEFAULT_MAX_RUN_HOURS * 3600)
     spot: bool = True
     max_wait_seconds: int | None = None  # spot only: run time plus time waiting for capacity
+    # torchrun on every instance, one process per GPU; None: on when there are several instances
+    # (a one-instance job then uses all its GPUs anyway, the container decides by their number).
+    data_parallel: bool | None = None
+    s3_data_distribution: str = S3_FULLY_REPLICATED
 
     def __post_init__(self):
         if self.spot and self.max_wait_seconds is not None and self.max_wait_seconds < self.max_run_seconds:
             raise LaunchError("the spot wait limit must be at least the run limit (--max-wait-hours)")
+        if self.instance_count < 1:
+            raise LaunchError(f"--instance-count must be at least 1, got {self.instance_count}")
+        if self.data_parallel is False and self.instance_count > 1:
+            raise LaunchError(
+                f"{self.instance_count} instances need data-parallel training: drop --no-data-parallel "
+                "(each instance would otherwise train a model of its own)"
+            )
+        if self.s3_data_distribution not in S3_DATA_DISTRIBUTIONS:
+            raise LaunchError(
+                f"unknown S3 data distribution {self.s3_data_distribution!r}; "
+                f"expected one of {S3_DATA_DISTRIBUTIONS}"
+            )
+
+    def distribution_hyperparameters(self, batch_sizes: Iterable[int] = ()) -> dict[str, str]:
+        """The ``sagemaker_*`` settings the toolkit reads, after checking that every global batch
+        size the job may run with divides among the instances (each instance's GPUs must divide
+        it further: the trainer says so if they do not)."""
+        for batch_size in batch_sizes:
+            try:
+                per_rank_batch_size(int(batch_size), self.instance_count)
+            except ValueError as error:
+                raise LaunchError(f"{error} ({self.instance_count} instances)") from error
+        enabled = self.data_parallel if self.data_parallel is not None else self.instance_count > 1
+        return distribution_hyperparameters(enabled) if enabled or self.data_parallel is False else {}
 
     def resource_config(self) -> dict:
         """The API's ResourceConfig."""
@@ -70,13 +108,16 @@ def algorithm_specification(image_uri: str, input_mode: str = "File") -> dict:
     }
 
 
-def input_data_config(data_uri: str, input_mode: str = "File") -> list[dict]:
-    """The one data channel: the dataset's S3 prefix, copied whole to every instance (``File``) or
-    streamed from S3 as files are read (``FastFile``)."""
+def input_data_config(
+    data_uri: str, input_mode: str = "File", distribution: str = S3_FULLY_REPLICATED
+) -> list[dict]:
+    """The one data channel: the dataset's S3 prefix, copied to the instances before the job starts
+    (``File``) or streamed from S3 as files are read (``FastFile``); every file to every instance, or
+    each file to one of them (``ShardedByS3Key``)."""
     return [{
         "ChannelName": CHANNEL,
         "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": "FullyReplicated",
+            "S3DataType": "S3Prefix", "S3Uri": data_uri, "S3DataDistributionType": distribution,
         }},
         "InputMode": check_input_mode(input_mode),
     }]
@@ -85,11 +126,24 @@ def input_data_config(data_uri: str, input_mode: str = "File") -> list[dict]:
 def resources_from_args(args: argparse.Namespace) -> JobResources:
     return JobResources(
         instance_type=args.instance_type,
+        instance_count=args.instance_count,
         volume_gb=args.volume_gb,
         max_run_seconds=int(args.max_run_hours * 3600),
         spot=args.spot,
         max_wait_seconds=int(args.max_wait_hours * 3600) if args.max_wait_hours else None,
+        data_parallel=args.data_parallel,
+        s3_data_distribution=args.s3_data_distribution,
     )
+
+
+def batch_sizes(
+    hyperparameters: Mapping[str, str], search_space: Mapping[str, object] | None = None
+) -> list[int]:
+    """The global batch sizes a job may train with: the tuned values, else the given or default one."""
+    tuned = (search_space or {}).get("batch-size")
+    if tuned is not None:
+        return [int(value) for value in getattr(tuned, "values", ())]
+    return [int(hyperparameters.get("batch-size", build_parser().get_default("batch_size")))]
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +153,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-tag", default=images.LATEST,
                        help="tag of the pushed training image; the job runs its digest")
     group.add_argument("--instance-type", default=DEFAULT_INSTANCE_TYPE)
+    group.add_argument("--instance-count", type=int, default=1,
+                       help="instances per job (a tuning trial's too): several train one model together "
+                            "(data-parallel, one process per GPU on each)")
+    group.add_argument("--data-parallel", action=argparse.BooleanOptionalAction, default=None,
+                       help="torchrun on every instance, one process per GPU (default: on for several "
+                            "instances; a one-instance job uses all its GPUs anyway)")
+    group.add_argument("--s3-data-distribution", choices=S3_DATA_DISTRIBUTIONS, default=S3_FULLY_REPLICATED,
+                       help="every file to each instance, or each file to one instance (huge datasets)")
     group.add_argument("--volume-gb", type=int, default=DEFAULT_VOLUME_GB)
     group.add_argument("--max-run-hours", type=float, default=DEFAULT_MAX_RUN_HOURS)
     group.add_argument("--spot", action=argparse.BooleanOptionalAction, default=True,

@@ -98,8 +98,13 @@ def training_job_request(spec: TrainingJobSpec) -> dict:
             **jobs.algorithm_specification(spec.image_uri, spec.input_mode),
             "EnableSageMakerMetricsTimeSeries": True,
         },
-        "HyperParameters": dict(spec.hyperparameters),
-        "InputDataConfig": jobs.input_data_config(spec.data_uri, spec.input_mode),
+        "HyperParameters": {
+            **spec.hyperparameters,
+            **resources.distribution_hyperparameters(jobs.batch_sizes(spec.hyperparameters)),
+        },
+        "InputDataConfig": jobs.input_data_config(
+            spec.data_uri, spec.input_mode, resources.s3_data_distribution
+        ),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
         "ResourceConfig": resources.resource_config(),
         "StoppingCondition": resources.stopping_condition(),
@@ -205,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         hyperparameters = merged_hyperparameters(args.hyperparameters_file,
                                                  jobs.hyperparameter_args(args.hyperparameters))
         resources = jobs.resources_from_args(args)
+        resources.distribution_hyperparameters(jobs.batch_sizes(hyperparameters))  # fails before anything
         context = settings.connect(args, needs=("role_arn", "bucket"))
         config = context.config
         job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME)

@@ -160,11 +160,18 @@ def tuning_job_request(spec: TuningJobSpec) -> dict:
         resource = hyperband_resource_range(spec.search_space)
         config["StrategyConfig"] = {"HyperbandStrategyConfig": {
             "MinResource": resource.min_value, "MaxResource": resource.max_value}}
+    # Each trial on several instances is one data-parallel job: every batch size the search may
+    # pick must divide among them.
+    batch_sizes = jobs.batch_sizes(spec.static_hyperparameters, tuned_space(spec.strategy, spec.search_space))
     definition = {
-        "StaticHyperParameters": dict(spec.static_hyperparameters),
+        "StaticHyperParameters": {
+            **spec.static_hyperparameters, **resources.distribution_hyperparameters(batch_sizes),
+        },
         "AlgorithmSpecification": jobs.algorithm_specification(spec.image_uri, spec.input_mode),
         "RoleArn": spec.role_arn,
-        "InputDataConfig": jobs.input_data_config(spec.data_uri, spec.input_mode),
+        "InputDataConfig": jobs.input_data_config(
+            spec.data_uri, spec.input_mode, resources.s3_data_distribution
+        ),
         "OutputDataConfig": {"S3OutputPath": spec.output_uri},
         "ResourceConfig": resources.resource_config(),
         "StoppingCondition": resources.stopping_condition(),
@@ -281,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
             static = static_hyperparameters(args.strategy, jobs.hyperparameter_args(args.hyperparameters))
             resources = jobs.resources_from_args(args)
             check_limits(args.max_jobs, args.max_parallel_jobs)
+            resources.distribution_hyperparameters(  # fails before anything is created
+                jobs.batch_sizes(static, tuned_space(args.strategy)))
             early_stopping_type(args.strategy, args.early_stopping)
             context = settings.connect(args, needs=("role_arn", "bucket"))
             job_name = args.job_name or settings.timestamped_name(JOB_BASE_NAME, TUNING_JOB_NAME_LIMIT)

@@ -1,9 +1,9 @@
 """The training benchmark: the recipe against a plain loop, start-up at scale, the smdebug hook's cost.
 
-    python -m scripts.bench.train [--sections recipe startup hook] [--out FILE] [...]
+    python -m scripts.bench.train [--sections recipe startup hook data-parallel] [--out FILE] [...]
     make bench-train
 
-Three sections, each measured in this one invocation (``--sections`` runs a subset):
+Four sections, each measured in this one invocation (``--sections`` runs a subset):
 
 * ``recipe`` (``scripts.bench.recipe``): the from-scratch case on a real dataset (the UCI digits)
   with the default recipe, the trainer under the toolkit side by side with a plain torchvision
@@ -23,6 +23,9 @@ The ``hook`` section, in one process, on one generated dataset, with one seed, f
   it is less sensitive to other processes than wall time;
 * step timing: what ``classifier.step_timing`` adds to each training step (the trainer times
   every step), from an empty loop timed against the bare loop.
+
+The ``data-parallel`` section (``scripts.bench.data_parallel``) trains the whole trainer with one
+process and with two (DDP), for images/s and test accuracy.
 
 Writes a Markdown report (default ``benchmarks/train.md``).
 """
@@ -51,13 +54,13 @@ from classifier.data import build_loaders, load_splits
 from classifier.debugger import TRAIN_ONLY_COLLECTIONS, Debugger
 from classifier.hyperparameters import build_parser
 from classifier.step_timing import StepTimer
-from scripts.bench import recipe, startup, suspects
+from scripts.bench import data_parallel, recipe, startup, suspects
 from scripts.datasets.sample import make_dataset
 
 DEFAULTS = build_parser().parse_args([])
 CPU = torch.device("cpu")
 WARMUP_STEPS = 2
-SECTIONS = ("recipe", "startup", "hook")
+SECTIONS = ("recipe", "startup", "hook", "data-parallel")
 # The default policy for a random initialisation (the hook section has no ImageNet weights).
 HOOK_FINE_TUNE = models.resolve_fine_tune(DEFAULTS.fine_tune, pretrained=False)
 
@@ -280,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         sections.append(hook_report(args, results, step_timer_cost_us(workdir)))
         verdicts.append("The smdebug hook (local default) costs " + ", ".join(
             f"{r['overhead_estimate']:+.1%} at {r['image_size']} px" for r in results) + " of training time.")
+
+    if "data-parallel" in args.sections:
+        sections.append(data_parallel.report(data_parallel.measure(workdir), markdown_table))
 
     text = report(sections, verdicts)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Run the images locally exactly as SageMaker runs them: ``docker run IMAGE train|serve``.
 
-    python -m scripts.containers.local_mode train --data DIR --out DIR [--gpus all] [--epochs 2 ...]
+    python -m scripts.containers.local_mode train --data DIR --out DIR [--instances 2] [--epochs 2 ...]
     python -m scripts.containers.local_mode serve --model model.tar.gz|DIR [--port 8080]
 
 Training: ``OUT`` is laid out as SageMaker lays out ``/opt/ml`` (``scripts.local.opt_ml.lay_out``) and its
@@ -10,6 +10,17 @@ into ``OUT/model.tar.gz`` as SageMaker packs it. The container runs as the calli
 behind ``sudo`` too), so that what it writes into ``OUT`` is theirs, not root's. Serving: the
 artifact is unpacked to a folder mounted read-only at ``/opt/ml/model`` and the server listens on
 the host network, on 127.0.0.1 only unless ``--bind-host`` says otherwise.
+into ``OUT/model.tar.gz`` as SageMaker packs it. Serving: the artifact is unpacked to a folder
+mounted read-only at ``/opt/ml/model`` and the server listens on the host network.
+
+Several instances (``--instances N``, ``make local-train INSTANCES=2``) run as a SageMaker job's
+do: containers ``algo-1`` ... ``algo-N`` on a Docker network of their own, where each name
+resolves, each with its own ``/opt/ml`` whose ``resourceconfig.json`` names all hosts and its own
+``current_host`` (``OUT`` is algo-1's, ``OUT/algo-2/`` algo-2's ...), the checkpoint folder shared
+as SageMaker's S3 sync shares it, and data-parallel training asked for as a job asks for it
+(``classifier.distribution``). Rank 0, on algo-1, writes the artifact. When a container fails,
+the others are given ``PEER_FAILURE_GRACE_S`` to fail by themselves, then stopped; the network and
+containers are removed afterwards.
 """
 
 from __future__ import annotations
@@ -21,14 +32,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from classifier.dataset import COMBINED_CHANNEL
+from classifier.distribution import distribution_hyperparameters
 from classifier.hyperparameters import parse_name_value_pairs
 from scripts.containers import images
 from scripts.engine import dockerd
@@ -46,6 +60,10 @@ LOCAL_BIND_HOST = "127.0.0.1"
 CONTAINER_HOME = "/tmp"
 # SageMaker's grace between SIGTERM and SIGKILL when it stops a training job.
 STOP_GRACE_S = 120
+# After one container of a several-instance run failed, how long the others get to notice and fail
+# by themselves (the trainers detect a lost peer at their next exchange) before they are stopped.
+PEER_FAILURE_GRACE_S = 300
+CLUSTER_POLL_S = 1.0
 
 
 def image_name(kind: str, tag: str = images.LATEST) -> str:
@@ -59,14 +77,16 @@ def container_name(kind: str) -> str:
 # ---------------------------------------------------------------- pure builders
 
 
-def training_mounts(out: Path, channels: Mapping[str, Path]) -> list[str]:
-    """``-v`` options: /opt/ml's parts from ``out``, each channel's data read-only at input/data/<channel>."""
+def training_mounts(out: Path, channels: Mapping[str, Path], checkpoints: Path | None = None) -> list[str]:
+    """``-v`` options: /opt/ml's parts from ``out``, each channel's data read-only at input/data/<channel>;
+    ``checkpoints`` instead of ``out/checkpoints`` (one folder for all the hosts of a job)."""
     out = Path(out).resolve()
+    checkpoints = Path(checkpoints).resolve() if checkpoints else out / "checkpoints"
     mounts = [
         f"{out / 'input'}:{CONTAINER_BASE}/input",
         f"{out / 'model'}:{CONTAINER_BASE}/model",
         f"{out / 'output'}:{CONTAINER_BASE}/output",
-        f"{out / 'checkpoints'}:{CONTAINER_BASE}/checkpoints",
+        f"{checkpoints}:{CONTAINER_BASE}/checkpoints",
     ]
     mounts += [
         f"{Path(data).resolve()}:{CONTAINER_BASE}/input/data/{channel}:ro"
@@ -132,6 +152,35 @@ def train_command(
         command += ["--gpus", gpus]
     command += user_options(owner)
     return [*command, *training_mounts(out, channels), image, "train"]
+
+
+def cluster_train_command(
+    image: str, name: str, network: str, host: str, base: Path, channels: Mapping[str, Path],
+    checkpoints: Path, gpus: str | None = None, environment: Mapping[str, str] | None = None,
+) -> list[str]:
+    """``docker run --detach ... IMAGE train`` for one host of a several-instance job: on ``network``,
+    reachable as ``host``, with ``base`` as its /opt/ml and the job's shared checkpoint folder."""
+    command = [
+        "run", "--detach", "--name", name, "--network", network, "--network-alias", host,
+        "--hostname", host, "--shm-size", SHM_SIZE,
+    ]
+    if gpus:
+        command += ["--gpus", gpus]
+    for key, value in (environment or {}).items():
+        command += ["-e", f"{key}={value}"]
+    return [*command, *training_mounts(base, channels, checkpoints), image, "train"]
+
+
+def shared_machine_environment(instances: int, cores: int | None = None) -> dict[str, str]:
+    """The "instances" share this machine's cores: each container's torch gets its part (every one
+    would take them all, and oversubscribed cores slow training down many times over)."""
+    cores = cores or os.cpu_count() or 1
+    return {"OMP_NUM_THREADS": str(max(1, cores // instances))}
+
+
+def host_folder(out: Path, host: str, hosts: list[str]) -> Path:
+    """A host's /opt/ml on this machine: ``out`` for the first host, ``out/<host>`` for the others."""
+    return Path(out) if host == hosts[0] else Path(out) / host
 
 
 def serve_command(
@@ -214,6 +263,123 @@ def train_in_container(
     return result
 
 
+@dataclass
+class ClusterRun:
+    """How a several-instance run ended: each host's exit status, and those stopped for a peer's failure."""
+
+    exit_codes: dict[str, int]
+    stopped: list[str] = field(default_factory=list)
+
+    @property
+    def returncode(self) -> int:
+        """0 if every host succeeded, else the first host's failing status (algo-1 first)."""
+        return next((code for code in self.exit_codes.values() if code != 0), 0)
+
+
+def _stream_logs(
+    engine: dockerd.Engine, name: str, host: str, emit: Callable[[str], None]
+) -> threading.Thread:
+    """Follows a container's log in the background, each line prefixed with its host."""
+    def follow() -> None:
+        process = subprocess.Popen(
+            engine.command("logs", "--follow", name), env=engine.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, errors="replace",
+        )
+        for line in process.stdout:
+            emit(f"{host} | {line.rstrip()}")
+        process.wait()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit_code(engine: dockerd.Engine, name: str) -> int | None:
+    """A container's exit status, or None while it runs."""
+    found = engine.run("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name, check=False)
+    status, _, code = found.stdout.strip().partition(" ")
+    if found.returncode != 0:
+        return 125  # gone (removed by someone else): count it as a failure
+    return int(code) if status in ("exited", "dead") else None
+
+
+def train_cluster(
+    engine: dockerd.Engine,
+    data: Mapping[str, Path] | Path,
+    out: Path,
+    hyperparameters: Mapping[str, object],
+    instances: int,
+    image: str = image_name("train"),
+    gpus: str | None = None,
+    emit: Callable[[str], None] = print,
+    name_prefix: str | None = None,
+    peer_failure_grace_s: float = PEER_FAILURE_GRACE_S,
+) -> ClusterRun:
+    """Runs a job on ``instances`` training containers (``algo-1`` ...) as SageMaker runs one.
+
+    Each log line goes to ``emit`` prefixed with its host. Containers are named
+    ``<name_prefix>-<host>``; they and their network are removed afterwards. On success
+    ``out/model.tar.gz`` holds algo-1's ``/opt/ml/model``.
+    """
+    channels = {COMBINED_CHANNEL: Path(data)} if isinstance(data, str | Path) else dict(data)
+    for channel, folder in channels.items():
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"data folder for channel {channel!r} not found: {folder}")
+    out = Path(out).resolve()
+    hosts = opt_ml.host_names(instances)
+    job_hyperparameters = {**hyperparameters, **distribution_hyperparameters(True)}
+    for host in hosts:
+        base = opt_ml.lay_out(
+            host_folder(out, host, hosts), dict.fromkeys(channels), job_hyperparameters,
+            resource_config=opt_ml.resource_config_json(host, hosts, opt_ml.CLUSTER_INTERFACE),
+        )
+        for outcome in ("success", "failure"):  # each container starts without them, as on SageMaker
+            (base / "output" / outcome).unlink(missing_ok=True)
+    (out / MODEL_TAR).unlink(missing_ok=True)
+    prefix = name_prefix or container_name("train")
+    names = {host: f"{prefix}-{host}" for host in hosts}
+    network = f"{prefix}-net"
+    engine.run("network", "create", network)
+    run = ClusterRun(exit_codes={})
+    try:
+        for host in hosts:
+            engine.run(*cluster_train_command(
+                image, names[host], network, host, host_folder(out, host, hosts), channels,
+                out / "checkpoints", gpus, shared_machine_environment(instances),
+            ))
+        followers = [_stream_logs(engine, names[host], host, emit) for host in hosts]
+        failed_at: float | None = None
+        while len(run.exit_codes) < len(hosts):
+            for host in hosts:
+                if host not in run.exit_codes and (code := _exit_code(engine, names[host])) is not None:
+                    run.exit_codes[host] = code
+                    if code != 0 and failed_at is None:
+                        failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > peer_failure_grace_s:
+                for host in hosts:
+                    if host not in run.exit_codes:
+                        emit(f"[local-train] {host} still runs {peer_failure_grace_s:.0f} s after a peer "
+                             "failed: stopping it")
+                        engine.run("stop", "--time", "30", names[host], check=False)
+                        run.stopped.append(host)
+                failed_at = None  # the stopped ones are collected on the next rounds
+            time.sleep(CLUSTER_POLL_S)
+        for follower in followers:
+            follower.join(timeout=10)
+    except BaseException:
+        for host in hosts:  # interrupted: stop the job as SageMaker does (SIGTERM, checkpoint)
+            if host not in run.exit_codes:
+                engine.run("stop", "--time", str(STOP_GRACE_S), names[host], check=False)
+        raise
+    finally:
+        engine.run("rm", "--force", *names.values(), check=False)
+        engine.run("network", "rm", network, check=False)
+    run.exit_codes = {host: run.exit_codes[host] for host in hosts}
+    if run.returncode == 0:
+        pack_model(out / "model", out / MODEL_TAR)
+    return run
+
+
 def wait_until_healthy(port: int, timeout: float, is_running=lambda: True) -> None:
     """Polls ``/ping`` until it answers 200; raises TimeoutError (or RuntimeError if the server died)."""
     deadline = time.monotonic() + timeout
@@ -276,6 +442,27 @@ def serving_container(
             engine.run("stop", name, check=False)
 
 
+def train_several(engine: dockerd.Engine, args: argparse.Namespace, hyperparameters: dict[str, str]) -> int:
+    """``local-train INSTANCES=N``: the job on N containers; its exit status."""
+    try:
+        run = train_cluster(
+            engine, args.data, args.out, hyperparameters, args.instances, args.image, args.gpus,
+            emit=lambda line: print(line, flush=True),
+        )
+    except KeyboardInterrupt:
+        print("[local-train] stopped: the trainers saved a checkpoint", file=sys.stderr)
+        return 130
+    out = args.out.resolve()
+    for host, code in run.exit_codes.items():
+        folder = host_folder(out, host, list(run.exit_codes))
+        outcome = "success" if code == 0 else "failure"
+        detail = (folder / "output" / "failure").read_text().strip() if code else ""
+        print(f"[local-train] {host}: exit {code}, {folder / 'output' / outcome} {detail}", file=sys.stderr)
+    if run.returncode == 0:
+        print(f"[local-train] artifact: {out / MODEL_TAR}", file=sys.stderr)
+    return run.returncode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,6 +474,8 @@ def main() -> None:
     train.add_argument("--out", type=Path, required=True, help="folder laid out like /opt/ml")
     train.add_argument("--image", default=image_name("train"))
     train.add_argument("--gpus", default=os.environ.get("GPUS") or None, help='e.g. "all" (needs nvidia)')
+    train.add_argument("--instances", type=int, default=1,
+                       help="training containers (algo-1 ...) on a Docker network, data-parallel")
     serve = commands.add_parser(
         "serve", help="serve an artifact in the serving container (foreground)", allow_abbrev=False
     )
@@ -302,6 +491,10 @@ def main() -> None:
         with dockerd.engine_session() as engine:
             if args.command == "train":
                 hyperparameters = parse_name_value_pairs(hyperparameter_args)
+                if args.instances < 1:
+                    parser.error(f"--instances must be at least 1, got {args.instances}")
+                if args.instances > 1:
+                    sys.exit(train_several(engine, args, hyperparameters))
                 name = container_name("train")
                 try:
                     result = train_in_container(

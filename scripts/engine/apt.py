@@ -11,6 +11,8 @@ import sys
 # Debian's docker.io holds both halves we may lack: dockerd and a client (20.10) with BuildKit built in.
 DOCKER_PACKAGE = "docker.io"
 DEBOOTSTRAP_PACKAGE = "debootstrap"
+# docker-compose 1.29: what the SageMaker Python SDK v2's local mode runs when `docker compose` is missing.
+COMPOSE_PACKAGE = "docker-compose"
 
 
 def can_install() -> bool:
@@ -28,3 +30,10 @@ def install_debian_packages(*packages: str) -> None:
         ["apt-get", *wait_for_lock, "install", "-y", "-qq", "--no-install-recommends", *packages],
         check=True, env=env,
     )
+
+
+def ensure_command(command: str, package: str) -> str | None:
+    """The path of ``command``, installing Debian's ``package`` first where it is missing and we may."""
+    if shutil.which(command) is None and can_install():
+        install_debian_packages(package)
+    return shutil.which(command)

@@ -26,10 +26,26 @@ from classifier.hyperparameters import as_sagemaker_strings
 SAGEMAKER_FOLDERS = ("input", "model", "output", "checkpoints")
 # "algo-1" does not resolve outside SageMaker and the toolkit waits for DNS forever.
 LOCAL_HOST = "localhost"
+# How SageMaker names the instances of a job, and the interface their containers talk over.
+HOST_PREFIX = "algo-"
+CLUSTER_INTERFACE = "eth0"
 
 
-def resource_config_json(host: str = LOCAL_HOST) -> dict:
-    return {"current_host": host, "hosts": [host], "network_interface_name": "lo"}
+def host_names(count: int) -> list[str]:
+    """``algo-1`` ... ``algo-N``: the instances of an N-instance job, as SageMaker names them."""
+    if count < 1:
+        raise ValueError(f"a job needs at least one instance, got {count}")
+    return [f"{HOST_PREFIX}{index}" for index in range(1, count + 1)]
+
+
+def resource_config_json(
+    host: str = LOCAL_HOST, hosts: list[str] | None = None, network_interface_name: str = "lo"
+) -> dict:
+    """``resourceconfig.json``: this container's host among all of the job's (one by default)."""
+    hosts = hosts or [host]
+    if host not in hosts:
+        raise ValueError(f"current host {host!r} is not one of the job's hosts {hosts}")
+    return {"current_host": host, "hosts": hosts, "network_interface_name": network_interface_name}
 
 
 def input_data_config_json(channels: list[str], input_mode: str = "File") -> dict:
@@ -75,6 +91,7 @@ def lay_out(
     hyperparameters: Mapping[str, object],
     code_dir: Path | None = None,
     input_mode: str = "File",
+    resource_config: Mapping[str, object] | None = None,
 ) -> Path:
     """Writes the config files and creates the folders of ``base`` as SageMaker would.
 
@@ -82,14 +99,15 @@ def lay_out(
     when the data will be mounted there instead (Docker). ``code_dir`` is copied to
     ``base/code``, where the toolkit looks for ``SAGEMAKER_PROGRAM`` outside an image.
     ``input_mode`` is what ``inputdataconfig.json`` declares for every channel (the data is a
-    local folder either way; the trainer reads the declaration).
+    local folder either way; the trainer reads the declaration). ``resource_config`` is one host's
+    of several (:func:`resource_config_json`); default: one host.
     """
     base = Path(base).resolve()
     config = base / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
     files = {
         "hyperparameters.json": as_sagemaker_strings(hyperparameters),
-        "resourceconfig.json": resource_config_json(),
+        "resourceconfig.json": dict(resource_config or resource_config_json()),
         "inputdataconfig.json": input_data_config_json(list(channels), input_mode),
     }
     for name, content in files.items():

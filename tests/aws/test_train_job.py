@@ -293,3 +293,38 @@ def test_cli_sagemaker_debugger_uploads_the_rules_file_and_attaches_our_rules(pu
     bucket, key = sources.pop().removeprefix("s3://").split("/", 1)
     uploaded = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert uploaded == Path(rules.__file__).read_bytes()
+
+
+def test_two_instances_make_one_data_parallel_job():
+    resources = jobs.JobResources(instance_type="ml.g5.12xlarge", instance_count=2,
+                                  s3_data_distribution="ShardedByS3Key")
+    request = train_job.training_job_request(spec(resources=resources))
+    validate_against_api("CreateTrainingJob", request)
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    # What the SDK sets for distribution={"torch_distributed": {"enabled": True}}; the toolkit reads it.
+    assert request["HyperParameters"] == {"epochs": "3", "learning-rate": "0.01",
+                                          "sagemaker_torch_distributed_enabled": "true"}
+    source = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert source["S3DataDistributionType"] == "ShardedByS3Key"
+    one = train_job.training_job_request(spec())
+    one_source = one["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert one_source["S3DataDistributionType"] == "FullyReplicated"
+    # One instance: no setting; the container runs one process per GPU when it has several.
+    assert "sagemaker_torch_distributed_enabled" not in one["HyperParameters"]
+    with pytest.raises(LaunchError, match=r"batch-size 64 .* 3 training processes .* use 63 or 66"):
+        train_job.training_job_request(
+            spec(resources=jobs.JobResources(instance_count=3), hyperparameters={}))
+    with pytest.raises(LaunchError, match="2 instances need data-parallel training"):
+        jobs.JobResources(instance_count=2, data_parallel=False)
+
+
+def test_cli_two_instances_on_moto(pushed, tmp_path):
+    train_job.main(["--job-name", "classifier-train-ddp", "--no-wait", "--record", str(tmp_path / "job.json"),
+                    "--instance-count", "2", "--instance-type", "ml.g5.12xlarge", "--role-arn", ROLE_ARN,
+                    "--bucket", BUCKET, "--", "--batch-size", "128"])
+    stored = boto3.client("sagemaker").describe_training_job(TrainingJobName="classifier-train-ddp")
+    assert stored["ResourceConfig"]["InstanceCount"] == 2
+    assert stored["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
+    assert stored["HyperParameters"] == {"batch-size": "128", "sagemaker_torch_distributed_enabled": "true"}
+    source = stored["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert source["S3DataDistributionType"] == "FullyReplicated"

@@ -255,6 +255,26 @@ def test_cli_errors_come_before_any_job_is_created(pushed, argv, message):
     assert listed["HyperParameterTuningJobSummaries"] == []
 
 
+def test_trials_on_two_instances_carry_the_distribution_settings(pushed):
+    resources = jobs.JobResources(instance_type="ml.g5.12xlarge", instance_count=2, spot=False,
+                                  s3_data_distribution="ShardedByS3Key")
+    spec = tuning_spec(pushed["train"], static_hyperparameters=tune.static_hyperparameters("Bayesian", {}),
+                       resources=resources, max_jobs=2, max_parallel_jobs=1)
+    request = tune.tuning_job_request(spec)
+    validate_against_api("CreateHyperParameterTuningJob", request)
+    recording = RecordingSession()
+    tune.start(AwsContext(config=CONFIG, session=recording.session, account=ACCOUNT), spec)
+    definition = recording.only("CreateHyperParameterTuningJob")["TrainingJobDefinition"]
+    assert definition == request["TrainingJobDefinition"]
+    assert definition["ResourceConfig"]["InstanceCount"] == 2
+    assert definition["StaticHyperParameters"] == {"sagemaker_torch_distributed_enabled": "true"}
+    source = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert (source["S3Uri"], source["S3DataDistributionType"]) == (CONFIG.data_uri(), "ShardedByS3Key")
+    # Every batch size the search may pick (32 ... 512) must divide among the instances.
+    with pytest.raises(LaunchError, match=r"batch-size 32 .* 3 training processes"):
+        tune.tuning_job_request(tuning_spec(resources=jobs.JobResources(instance_count=3)))
+
+
 def described(status: str, **fields) -> dict:
     """A DescribeHyperParameterTuningJob answer (the fields ``wait_for`` and ``best_result`` read)."""
     return {"HyperParameterTuningJobName": "classifier-tune-w", "HyperParameterTuningJobStatus": status,

@@ -249,3 +249,24 @@ def test_host_torch_index_is_kept_unless_a_local_wheel_has_the_pinned_hash(tmp_p
     pins = build.parse_pins(build.requirements_file("serve", build.TORCH_VARIANT).read_text())
     monkeypatch.setattr(build, "sha256_of", lambda path: next(iter(pins["torch"].hashes)))
     assert build.host_torch_index("serve", "https://index.example/cpu", environ) == ""
+
+
+def test_several_instances_are_hosts_on_a_network_each_with_its_own_opt_ml(tmp_path):
+    out = tmp_path / "out"
+    hosts = ["algo-1", "algo-2"]
+    assert [local_mode.host_folder(out, host, hosts) for host in hosts] == [out, out / "algo-2"]
+    command = local_mode.cluster_train_command(
+        "img:1", "job-algo-2", "job-net", "algo-2", out / "algo-2", {"training": tmp_path / "data"},
+        out / "checkpoints", environment={"OMP_NUM_THREADS": "1"},
+    )
+    for option, value in (("--network", "job-net"), ("--network-alias", "algo-2"), ("--hostname", "algo-2")):
+        assert command[command.index(option) + 1] == value
+    mounts = [command[i + 1] for i, option in enumerate(command) if option == "-v"]
+    assert f"{out}/algo-2/input:/opt/ml/input" in mounts
+    assert f"{out}/checkpoints:/opt/ml/checkpoints" in mounts  # one checkpoint folder, as S3 syncs it
+    assert "OMP_NUM_THREADS=1" in command and "--detach" in command
+    assert command[-2:] == ["img:1", "train"]
+    assert local_mode.shared_machine_environment(2, cores=8) == {"OMP_NUM_THREADS": "4"}
+    assert local_mode.shared_machine_environment(4, cores=2) == {"OMP_NUM_THREADS": "1"}
+    assert local_mode.ClusterRun({"algo-1": 0, "algo-2": 137}).returncode == 137
+    assert local_mode.ClusterRun({"algo-1": 0, "algo-2": 0}).returncode == 0

@@ -22,6 +22,7 @@ import pytest
 from scripts.aws import ecr
 from scripts.containers import build, images, push
 from scripts.engine import apt, dockerd
+from scripts.local import train as local_train
 
 pytestmark = pytest.mark.docker
 
@@ -52,6 +53,9 @@ def test_training_image_runs_the_toolkit_on_our_program(engine, built_images):
         engine.run("image", "inspect", "--format", "{{json .Config}}", built_images["train"]).stdout
     )
     assert "SAGEMAKER_PROGRAM=train.py" in config["Env"]
+    # The toolkit hands over to our framework module, as make train-local has it do on the host.
+    assert f"SAGEMAKER_TRAINING_MODULE={local_train.TRAINING_MODULE}" in config["Env"]
+    assert "PYTHONPATH=/opt/ml/code" in config["Env"]
     assert config["Cmd"] == ["train"]
     listing = engine.run(
         "run", "--rm", built_images["train"], "sh", "-c", "command -v train; ls /opt/ml/code"

@@ -73,3 +73,30 @@ def test_data_already_in_the_channel_place_is_used_where_it_is(tmp_path):
     small_dataset(channel)
     opt_ml.lay_out(tmp_path / "out", {"training": channel}, {})
     assert not channel.is_symlink() and any(channel.rglob("*.jpg"))
+def test_each_host_of_a_job_has_its_own_resource_config(tmp_path):
+    hosts = opt_ml.host_names(2)
+    assert hosts == ["algo-1", "algo-2"]
+    config = opt_ml.resource_config_json("algo-2", hosts, "eth0")
+    assert config == {"current_host": "algo-2", "hosts": hosts, "network_interface_name": "eth0"}
+    base = opt_ml.lay_out(tmp_path / "algo-2", {"training": None}, {}, resource_config=config)
+    assert json.loads((base / "input" / "config" / "resourceconfig.json").read_text()) == config
+    with pytest.raises(ValueError, match="not one of the job's hosts"):
+        opt_ml.resource_config_json("algo-3", hosts)
+    with pytest.raises(ValueError, match="at least one instance"):
+        opt_ml.host_names(0)
+
+
+def test_local_training_runs_the_toolkit_as_the_image_does(tmp_path, monkeypatch):
+    from scripts.local import train as local_train
+
+    monkeypatch.setenv("SM_HOSTS", "stale")
+    env = local_train.training_env(tmp_path, master_port=29999)
+    assert env["SAGEMAKER_TRAINING_MODULE"] == "train_launcher:main"
+    assert env["PYTHONPATH"] == str(tmp_path / "code")  # the copy of code/ in OUT, as /opt/ml/code
+    assert env["PATH"].split(":")[0] == str(local_train.TOOLKIT_TRAIN.parent)  # torchrun beside the toolkit
+    assert env["PET_MASTER_PORT"] == "29999" and "SM_HOSTS" not in env
+    assert local_train.with_processes({"epochs": 1}, 1) == {"epochs": 1}
+    assert local_train.with_processes({"epochs": 1}, 2) == {
+        "epochs": 1, "sagemaker_torch_distributed_enabled": "true",
+        "sagemaker_mpi_num_of_processes_per_host": "2",
+    }

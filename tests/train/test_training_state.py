@@ -142,7 +142,7 @@ def plain_types(value) -> set[type]:
 def test_a_checkpoint_is_tensors_and_plain_values_only(tmp_path):
     state = make_state()
     train_a_step(state)
-    state.end_epoch(record(1, 0.5), early_stopping_patience=3)
+    state.end_epoch(record(1, 0.5), EarlyStopping(patience=3, min_delta=0.0))
     path = state.save(tmp_path)
     checkpoint = torch.load(path, weights_only=True)  # raises on any other pickled object
     assert plain_types(checkpoint) <= set(PLAIN_VALUES), plain_types(checkpoint) - set(PLAIN_VALUES)
