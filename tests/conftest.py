@@ -21,7 +21,7 @@ from train_helpers import TRAINED_RUN_HYPERPARAMETERS, TRAINING_TIMEOUT_S, fail_
 
 from scripts.datasets.sample import make_dataset
 from scripts.local.server import free_port
-from scripts.local.train import run_training
+from scripts.local.train import TOOLKIT_TRAIN, run_training
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +32,16 @@ def sample_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def imagenet_weights_file(tmp_path_factory) -> Path:
-    """A resnet18 state_dict shaped like torchvision's ImageNet weights (random: none can be downloaded)."""
-    import torch
-    from torchvision import models
+    """A resnet18 state_dict shaped like torchvision's ImageNet weights (random: none can be downloaded).
 
-    torch.manual_seed(1)
+    Written by the training environment's Python: the launcher tests' environment has no torch.
+    """
     path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet-shaped.pth"
-    torch.save(models.resnet18(weights=None).state_dict(), path)
+    script = (
+        "import sys, torch; from torchvision import models; torch.manual_seed(1); "
+        "torch.save(models.resnet18(weights=None).state_dict(), sys.argv[1])"
+    )
+    subprocess.run([str(TOOLKIT_TRAIN.parent / "python"), "-c", script, str(path)], check=True)
     return path
 
 
