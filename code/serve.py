@@ -65,6 +65,13 @@ def free_loopback_ports(count: int) -> list[int]:
             sock.close()
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _group_alive(group: int) -> bool:
     """Whether any process of the process group still runs (zombies do not count)."""
     for process in psutil.process_iter(["status"]):
@@ -172,7 +179,24 @@ def serve(settings: ServeSettings, engine: str) -> int:
                 exit_code = 1
                 stop.set()
 
+    def watch_frontend() -> None:
+        # sagemaker-inference waits on the Java frontend only once it has found it (it looks once a
+        # second): a frontend that died before that look would go unnoticed until its start timeout.
+        nonlocal exit_code
+        config_file = env[model_server.CONFIG_FILE_ENV]
+        frontend: psutil.Process | None = None
+        while not stop.wait(WATCH_INTERVAL_SECONDS):
+            if frontend is None:
+                found = model_server.find_model_server(config_file)
+                frontend = found[0] if len(found) == 1 else None
+            elif not _alive(frontend) and not stop.is_set():
+                logger.error("the model server exited on its own (its frontend, pid %d, is gone): stopping",
+                             frontend.pid)
+                exit_code = 1
+                stop.set()
+
     threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True).start()
+    threading.Thread(target=watch_frontend, name="watch-frontend", daemon=True).start()
     threading.Thread(target=watch_model_server, name="watch-model-server", daemon=True).start()
     threading.Thread(target=watch_worker_parent, name="watch-worker-parent", daemon=True).start()
     logger.info(

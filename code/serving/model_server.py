@@ -81,8 +81,12 @@ def lay_out_run_dir(run_dir: Path, model_dir: Path) -> None:
         (run_dir / folder).mkdir()
 
 
-def own_model_server(namespace: str, config_file: str) -> psutil.Process:
-    """The MMS frontend (``namespace`` in its command line) started with ``config_file``: this server's."""
+# The Java frontend's main class, as sagemaker-inference finds it (its MMS_NAMESPACE).
+FRONTEND_CLASS = "com.amazonaws.ml.mms.ModelServer"
+
+
+def find_model_server(config_file: str, namespace: str = FRONTEND_CLASS) -> list[psutil.Process]:
+    """The live MMS frontends (``namespace`` in the command line) started with ``config_file``."""
     found = []
     for process in psutil.process_iter():
         try:
@@ -93,6 +97,12 @@ def own_model_server(namespace: str, config_file: str) -> psutil.Process:
             continue
         if namespace in command and any(config_file in part for part in command):
             found.append(process)
+    return found
+
+
+def own_model_server(namespace: str, config_file: str) -> psutil.Process:
+    """The MMS frontend started with ``config_file``: this server's."""
+    found = find_model_server(config_file, namespace)
     if len(found) != 1:  # sagemaker-inference retries until the start timeout
         raise RuntimeError(f"{len(found)} model servers run with {config_file}; expected one")
     return found[0]
