@@ -33,7 +33,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import NoReturn
@@ -180,14 +180,18 @@ def train_one_epoch(
     device: torch.device,
     stop: StopSignal,
     gradient_clip_norm: float = 0.0,
+    before_step: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over the training data: (mean loss, accuracy). Ends early when a stop is requested.
 
-    With ``gradient_clip_norm`` > 0 the gradients' global L2 norm is clipped to it before each step.
+    With ``gradient_clip_norm`` > 0 the gradients' global L2 norm is clipped to it before each step;
+    ``before_step`` (the warmup's learning rate) is called with each step's 0-based index first.
     """
     model.train()
     tally = Tally(device)
-    for images, targets in loader:
+    for step, (images, targets) in enumerate(loader):
+        if before_step is not None:
+            before_step(step)
         outputs, loss, targets = forward(model, criterion, images, targets, device)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -280,15 +284,18 @@ def train_epochs(
     )
     first_epoch = state.next_epoch
     while state.next_epoch <= args.epochs and not state.early_stopped:
-        epoch, started, learning_rate = state.next_epoch, time.monotonic(), state.learning_rate
+        epoch, started = state.next_epoch, time.monotonic()
         debugger.train()
         distributed.begin_epoch(loaders["train"], epoch)
         batches = announcing_first_batch(loaders["train"]) if epoch == first_epoch else loaders["train"]
+        warmup = optimization.warmup_for_epoch(
+            state.optimizer, epoch - 1, len(loaders["train"]), args.warmup_epochs
+        )
         train_loss, train_accuracy = train_one_epoch(
             cluster.wrap(state.model), evidence.timed(batches, epoch), criterion, state.optimizer,
-            state.scaler, device, stop, args.gradient_clip_norm,
+            state.scaler, device, stop, args.gradient_clip_norm, warmup,
         )
-        trained = time.monotonic()
+        trained, learning_rate = time.monotonic(), state.learning_rate  # the epoch's last step's
         if stop.requested:
             # Mid-epoch: keep the weights reached so far; the next run repeats this epoch.
             def save_now() -> Path:

@@ -85,15 +85,19 @@ def build_model(
     else:
         if weights_path:
             logger.warning("weights-path is ignored because pretrained=false")
-        model = architecture(name, num_classes)
-        logger.info("model: %s, random initialisation", name)
+        model = architecture(name, num_classes, zero_init_residual=True)
+        logger.info("model: %s, random initialisation (residual blocks start as identities)", name)
     freeze(model, fine_tune)
     return model
 
 
-def architecture(name: str, num_classes: int) -> nn.Module:
-    """The bare network with a ``num_classes`` head, to load trained weights into."""
-    model = models.get_model(name, weights=None)
+def architecture(name: str, num_classes: int, zero_init_residual: bool = False) -> nn.Module:
+    """The bare network with a ``num_classes`` head, to load trained weights into or to train from scratch.
+
+    ``zero_init_residual``: each residual block's last BatchNorm starts at zero, so every block starts
+    as the identity (Goyal et al. 2017): a random ResNet50 then trains at high learning rates too.
+    """
+    model = models.get_model(name, weights=None, zero_init_residual=zero_init_residual)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 

@@ -113,9 +113,10 @@ def test_metrics_json_follows_the_contract(metrics_json):
         assert all(math.isfinite(value) for value in entry.values())
     best = min(epochs, key=lambda entry: entry["valid_loss"])
     assert metrics_json["best_epoch"] == best["epoch"]
-    # Warmup (1 epoch) then cosine: half the rate, the full rate, then decaying.
+    # Each epoch records its last step's rate: warmup (1 epoch) rises step by step to the full rate
+    # at its last step, cosine starts there and decays.
     rates = [entry["learning_rate"] for entry in epochs]
-    assert rates[0] == pytest.approx(0.005) and rates[1] == pytest.approx(0.01) and rates[2] < 0.01
+    assert rates[0] == pytest.approx(0.01) and rates[1] == pytest.approx(0.01) and rates[2] < 0.01
     assert set(metrics_json["test"]) == set(metrics.TEST_FIELDS)
     # Three classes: every class is among the five best, so top-5 accuracy is 1.
     assert metrics_json["test"]["test_top5_accuracy"] == 1.0

@@ -60,11 +60,40 @@ def test_split_dirs_name_the_problem(channels, message):
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
     cosine = [optimization.lr_factor(e, 10, 2, "cosine") for e in range(10)]
-    assert cosine[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert cosine[:3] == pytest.approx([1.0, 1.0, 1.0])  # warmup epochs: their steps ramp up
     assert all(a > b for a, b in itertools.pairwise(cosine[2:])) and cosine[-1] > 0
     step = [optimization.lr_factor(e, 11, 2, "step") for e in range(11)]
     assert step[2:] == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
     assert [optimization.lr_factor(e, 4, 0, "constant") for e in range(4)] == [1, 1, 1, 1]
+
+
+def test_warmup_rises_step_by_step_to_the_scheduled_rate():
+    ramp = [optimization.warmup_factor(e, s, 4, 2) for e in range(3) for s in range(4)]
+    assert ramp[:8] == pytest.approx([k / 8 for k in range(1, 9)])
+    assert ramp[8:] == [1.0] * 4
+    assert optimization.warmup_factor(0, 0, 4, 0) == 1.0
+
+
+def test_warmup_sets_each_step_rate_and_the_scheduler_takes_over_after_it():
+    model = torch.nn.Linear(3, 2)
+    optimizer = optimization.build_optimizer(model, "adamw", 0.1, 0.9, 1e-4)
+    scheduler = optimization.build_scheduler(optimizer, 4, 1, "cosine")
+    before_step = optimization.warmup_for_epoch(optimizer, 0, 5, 1)
+    rates = []
+    for step in range(5):
+        before_step(step)
+        rates.extend(group["lr"] for group in optimizer.param_groups)
+    assert rates == pytest.approx([0.1 * k / 5 for k in range(1, 6) for _ in range(2)])
+    scheduler.step()
+    assert optimization.warmup_for_epoch(optimizer, 1, 5, 1) is None
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.1, 0.1])
+
+
+def test_a_random_network_starts_its_residual_blocks_as_identities():
+    random = models.build_model("resnet18", 3, pretrained=False)
+    assert all(torch.count_nonzero(block.bn2.weight) == 0 for block in random.layer1)
+    loaded_into = models.architecture("resnet18", 3)  # for trained weights: the default initialisation
+    assert all(torch.count_nonzero(block.bn2.weight) > 0 for block in loaded_into.layer1)
 
 
 def test_every_fine_tune_policy_is_implemented_and_freezes_what_it_says():
