@@ -25,6 +25,8 @@ from classifier import artifact
 from scripts.datasets.sample import make_dataset
 from scripts.local.train import run_training
 
+# Seconds the section waits, at most, for the previous section's load to leave the 1-minute average.
+SETTLE_PATIENCE_S = 150.0
 # The recipe of the accuracy comparison in tests/train/test_train_distributed.py, on more data.
 RECIPE = {
     "model-name": "resnet18",
@@ -102,12 +104,24 @@ def run(setup: Setup, data: Path, out: Path, train_images: int, weights: Path) -
                   recorded["test"]["test_accuracy"], wall, load_before)
 
 
+def let_own_load_settle(cores: int, patience_s: float = SETTLE_PATIENCE_S) -> None:
+    """Waits (``patience_s`` at most) for the 1-minute load average to fall below half the cores.
+
+    The section before this one (or a test) leaves its own processes in the average for about a
+    minute; without the wait the first run's load would read as other people's work.
+    """
+    deadline = time.monotonic() + patience_s
+    while os.getloadavg()[0] > cores / 2 and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def measure(workdir: Path, cores: int | None = None) -> list[Result]:
     """The three runs, one after the other, on one dataset."""
     cores = cores or os.cpu_count() or 1
     data = make_dataset(workdir / "data-parallel-data", num_classes=3, counts=COUNTS, size=64, seed=0)
     train_images = 3 * COUNTS["train"]
     weights = weights_file(workdir / "resnet18-imagenet-shaped.pth")
+    let_own_load_settle(cores)
     return [run(setup, data, workdir / f"data-parallel-{index}", train_images, weights)
             for index, setup in enumerate(setups(cores))]
 
