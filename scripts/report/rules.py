@@ -255,7 +255,9 @@ class VanishingGradient(_ProjectRule):
     Fires at a step where some parameter's mean absolute gradient is below ``threshold``
     and below ``relative_threshold`` times the largest parameter's at that step. The
     second condition keeps a converged model (every gradient tiny because the loss is)
-    from counting as vanishing.
+    from counting as vanishing. At step 0 a gradient of exactly zero does not count: residual blocks
+    that start as identities (the trainer's random initialisation) give their branches no gradient
+    before the first update, by design.
     """
 
     CHECKS = "every trained layer receives a gradient"
@@ -279,6 +281,8 @@ class VanishingGradient(_ProjectRule):
                 gradients[layer_name(name)] = tensor_mean_abs(self.base_trial.tensor(name), step)
             except TensorUnavailableForStep:
                 continue
+        if step == 0:
+            gradients = {name: value for name, value in gradients.items() if value > 0.0}
         if not gradients:
             return False
         self._saw_datapoint()

@@ -42,11 +42,11 @@ def tiny_dataset(root: Path, images_per_class: dict[str, int]) -> Path:
 @pytest.fixture(scope="session")
 def overfit_run(tmp_path_factory) -> Path:
     """One image a class seen as it is (no augmentation), the whole network trained for many epochs:
-    it memorises them, and the validation loss climbs from epoch 5."""
+    it memorises them, and the validation loss climbs from epoch 3."""
     root = tmp_path_factory.mktemp("overfit_run")
     data = tiny_dataset(root, {"train": 1, "valid": 4, "test": 2})
     hyperparameters = {
-        **TINY, "fine-tune": "all", "optimizer": "adamw", "learning-rate": 0.002, "weight-decay": 0,
+        **TINY, "fine-tune": "all", "optimizer": "adamw", "learning-rate": 0.01, "weight-decay": 0,
         "label-smoothing": 0, "lr-schedule": "constant", "warmup-epochs": 0, "epochs": 10, "batch-size": 6,
         "augment": "none",
     }
