@@ -59,8 +59,9 @@ def warmup_factor(epoch: int, step: int, steps_per_epoch: int, warmup_epochs: in
     Step by step, not epoch by epoch: a random network's first steps at even half the rate can
     scatter its weights (AdamW at 0.1 from scratch learned next to nothing with per-epoch warmup).
     """
-    warmup_steps = warmup_epochs * max(1, steps_per_epoch)
-    done = epoch * max(1, steps_per_epoch) + step + 1
+    steps_per_epoch = max(1, steps_per_epoch)
+    warmup_steps = warmup_epochs * steps_per_epoch
+    done = epoch * steps_per_epoch + step + 1
     return min(1.0, done / warmup_steps) if warmup_steps else 1.0
 
 

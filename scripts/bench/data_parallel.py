@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from classifier import artifact
+from scripts.bench.load_average import wait_for_load_below
 from scripts.datasets.sample import make_dataset
 from scripts.local.train import run_training
 
@@ -104,24 +105,15 @@ def run(setup: Setup, data: Path, out: Path, train_images: int, weights: Path) -
                   recorded["test"]["test_accuracy"], wall, load_before)
 
 
-def let_own_load_settle(cores: int, patience_s: float = SETTLE_PATIENCE_S) -> None:
-    """Waits (``patience_s`` at most) for the 1-minute load average to fall below half the cores.
-
-    The section before this one (or a test) leaves its own processes in the average for about a
-    minute; without the wait the first run's load would read as other people's work.
-    """
-    deadline = time.monotonic() + patience_s
-    while os.getloadavg()[0] > cores / 2 and time.monotonic() < deadline:
-        time.sleep(5)
-
-
 def measure(workdir: Path, cores: int | None = None) -> list[Result]:
     """The three runs, one after the other, on one dataset."""
     cores = cores or os.cpu_count() or 1
     data = make_dataset(workdir / "data-parallel-data", num_classes=3, counts=COUNTS, size=64, seed=0)
     train_images = 3 * COUNTS["train"]
     weights = weights_file(workdir / "resnet18-imagenet-shaped.pth")
-    let_own_load_settle(cores)
+    # The section before this one (or a test) leaves its own processes in the 1-minute load average
+    # for about a minute; without the wait the first run's load would read as other people's work.
+    wait_for_load_below(cores / 2, SETTLE_PATIENCE_S)
     return [run(setup, data, workdir / f"data-parallel-{index}", train_images, weights)
             for index, setup in enumerate(setups(cores))]
 

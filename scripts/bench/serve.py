@@ -46,6 +46,7 @@ from PIL import Image
 
 from scripts import REPO_ROOT
 from scripts.bench import soak
+from scripts.bench.load_average import wait_for_load_below
 from scripts.datasets.sample import make_image
 from scripts.local.server import SERVE_PYTHON, LocalServer
 
@@ -230,9 +231,7 @@ def chosen_engine(log: str) -> str:
 
 def wait_for_quiet(cores: int) -> None:
     """Waits (a while, at most) for the machine's load to drop below its cores: others share it."""
-    deadline = time.monotonic() + QUIET_PATIENCE_S
-    while os.getloadavg()[0] > 0.75 * cores and time.monotonic() < deadline:
-        time.sleep(5)
+    wait_for_load_below(0.75 * cores, QUIET_PATIENCE_S)
 
 
 def start_healthy(
