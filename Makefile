@@ -36,6 +36,7 @@ SDK_ENV := $(call stamp,sdk,tests/containers/sdk-requirements.txt)
 
 define make_venv
 	rm -rf $(VENV)/$(1)
+	$(PYTHON) -m scripts.engine.venv_support
 	$(PYTHON) -m venv $(VENV)/$(1)
 	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) $(addprefix -r ,$(2))
 	touch $@
