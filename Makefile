@@ -36,14 +36,14 @@ SDK_ENV := $(call stamp,sdk,tests/containers/sdk-requirements.txt)
 
 define make_venv
 	rm -rf $(VENV)/$(1)
-	$(PYTHON) -m scripts.engine.venv_support
+	$(PYTHON) -m scripts.engine.venv_support $(4)
 	$(PYTHON) -m venv $(VENV)/$(1)
 	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) $(addprefix -r ,$(2))
 	touch $@
 endef
 
 $(TRAIN_ENV):
-	$(call make_venv,train,docker/train/requirements.txt,)
+	$(call make_venv,train,docker/train/requirements.txt,,--compiles)
 
 # PyTorch's CPU index only when no local wheel (pip's find-links, TORCH_FIND_LINKS) has the pinned torch.
 SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.containers.build serve --print-torch-index $(TORCH_CPU_INDEX))
@@ -51,7 +51,7 @@ $(SERVE_ENV):
 	$(call make_venv,serve,docker/serve/requirements-torch.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
 $(DEV_ENV):
-	$(call make_venv,dev,tests/requirements.txt,)
+	$(call make_venv,dev,tests/requirements.txt,,--compiles)
 
 $(SDK_ENV):
 	$(call make_venv,sdk,tests/containers/sdk-requirements.txt,)
