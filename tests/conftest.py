@@ -9,8 +9,10 @@ Each folder's ``conftest.py`` holds the fixtures of its own concern.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +24,25 @@ from train_helpers import TRAINED_RUN_HYPERPARAMETERS, TRAINING_TIMEOUT_S, fail_
 from scripts.datasets.sample import make_dataset
 from scripts.local.server import free_port
 from scripts.local.train import TOOLKIT_TRAIN, run_training
+
+# What the suite's training runs hold at once under the temp folder at their peak (measured on a whole
+# `make test`, with passing tests' folders removed as they end: pyproject's tmp_path_retention_policy).
+SUITE_TEMP_GB = 6
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stops at once, in one line, when the temp folder's disk cannot hold the suite's training runs
+    (rather than 50 tests failing half-way with 'No space left on device')."""
+    temp_root = Path(session.config.option.basetemp or tempfile.gettempdir()).absolute()
+    while not temp_root.exists():
+        temp_root = temp_root.parent
+    free_gb = shutil.disk_usage(temp_root).free / 1e9
+    if free_gb < SUITE_TEMP_GB:
+        pytest.exit(
+            f"only {free_gb:.1f} GB free under {temp_root}: the suite's training runs need about "
+            f"{SUITE_TEMP_GB} GB there (free some space, or set TMPDIR to a folder on a larger disk)",
+            returncode=4,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,8 @@ def container_training(engine, built_images, sample_dataset, tmp_path_factory):
     result = local_mode.train_in_container(
         engine, sample_dataset, out, TINY_TRAINING, image=built_images["train"], capture=True, owner=CALLER
     )
-    return result, out
+    yield result, out
+    shutil.rmtree(out, ignore_errors=True)  # half a GB of tensors and checkpoints, no longer needed
 
 
 def test_training_container_packs_the_artifact_and_reports_success(container_training):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,7 @@ STOPPED = re.compile(
 
 
 @pytest.fixture(scope="module")
-def parity_runs(tmp_path_factory, imagenet_weights_file) -> dict[int, tuple[Path, str]]:
+def parity_runs(tmp_path_factory, imagenet_weights_file) -> Iterator[dict[int, tuple[Path, str]]]:
     """The parity recipe trained by one process and by two: {processes: (OUT folder, log)}."""
     data = make_dataset(tmp_path_factory.mktemp("parity_data"), num_classes=3,
                         counts={"train": 80, "valid": 8, "test": 40}, seed=0)
@@ -79,7 +81,9 @@ def parity_runs(tmp_path_factory, imagenet_weights_file) -> dict[int, tuple[Path
             if result.returncode != 0:
                 fail_with_log(f"the {processes}-process run failed (exit {result.returncode})", result.stdout)
             runs[processes] = (out, result.stdout)
-    return runs
+    yield runs
+    for out, _ in runs.values():  # two runs' tensors and checkpoints: 2 GB the rest of the suite needs
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_one_and_two_processes_reach_the_same_test_accuracy(parity_runs):
