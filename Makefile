@@ -34,16 +34,20 @@ LAUNCH_TEST_ENV := $(call stamp,launch-test,scripts/requirements.txt tests/requi
 # sdk: SageMaker Python SDK v2 local mode, the client one Docker test drives the training image with.
 SDK_ENV := $(call stamp,sdk,tests/containers/sdk-requirements.txt)
 
+# make_venv,<env>,<requirements files>,<pip options>,<venv_support options>[,<peer env>]: with a peer
+# (train and dev pin the same CUDA torch), the new environment's identical big files become hard links
+# to the peer's (scripts/engine/venv_links.py): 5 GB less on disk.
 define make_venv
 	rm -rf $(VENV)/$(1)
 	$(PYTHON) -m scripts.engine.venv_support $(4)
 	$(PYTHON) -m venv $(VENV)/$(1)
 	$(VENV)/$(1)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(3) $(addprefix -r ,$(2))
+	$(if $(5),$(PYTHON) -m scripts.engine.venv_links $(VENV)/$(1) $(VENV)/$(5))
 	touch $@
 endef
 
 $(TRAIN_ENV):
-	$(call make_venv,train,docker/train/requirements.txt,,--compiles)
+	$(call make_venv,train,docker/train/requirements.txt,,--compiles,dev)
 
 # PyTorch's CPU index only when no local wheel (pip's find-links, TORCH_FIND_LINKS) has the pinned torch.
 SERVE_TORCH_INDEX = $(shell PIP_FIND_LINKS="$(TORCH_FIND_LINKS) $$PIP_FIND_LINKS" $(PYTHON) -m scripts.containers.build serve --print-torch-index $(TORCH_CPU_INDEX))
@@ -51,7 +55,7 @@ $(SERVE_ENV):
 	$(call make_venv,serve,docker/serve/requirements-torch.txt,$(if $(SERVE_TORCH_INDEX),--extra-index-url $(SERVE_TORCH_INDEX)) $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS)))
 
 $(DEV_ENV):
-	$(call make_venv,dev,tests/requirements.txt,,--compiles)
+	$(call make_venv,dev,tests/requirements.txt,,--compiles,train)
 
 $(SDK_ENV):
 	$(call make_venv,sdk,tests/containers/sdk-requirements.txt,)
