@@ -38,7 +38,7 @@ def _twins(env: Path, peer: Path, min_bytes: int):
             continue  # small, or different: a shared file has one size and one mode
         if stat.st_dev != twin_stat.st_dev or stat.st_ino == twin_stat.st_ino:
             continue  # already one file, or two file systems (no hard link across them)
-        yield path, twin
+        yield path, twin, stat.st_size
 
 
 def link_identical_files(env: Path, peer: Path, min_bytes: int = MIN_LINKED_BYTES) -> Linked:
@@ -51,7 +51,7 @@ def link_identical_files(env: Path, peer: Path, min_bytes: int = MIN_LINKED_BYTE
     files = size = 0
     if not peer.is_dir():
         return Linked(0, 0)
-    for path, twin in _twins(env, peer, min_bytes):
+    for path, twin, file_size in _twins(env, peer, min_bytes):
         if not filecmp.cmp(path, twin, shallow=False):
             continue
         staged = path.with_name(f".{path.name}.link")
@@ -59,7 +59,7 @@ def link_identical_files(env: Path, peer: Path, min_bytes: int = MIN_LINKED_BYTE
         os.link(twin, staged)
         os.replace(staged, path)
         files += 1
-        size += twin.stat().st_size
+        size += file_size
     return Linked(files, size)
 
 
